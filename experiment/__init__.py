@@ -1,0 +1,1 @@
+"""experiment package (see DESIGN.md §2)."""

@@ -1,0 +1,1 @@
+"""generator package (see DESIGN.md §2)."""
