@@ -473,7 +473,7 @@ def write_table(
             writer.append(labels[i:i + step], {k: v[i:i + step] for k, v in layers.items()})
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -504,4 +504,4 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_main())
+    raise SystemExit(main())
