@@ -22,7 +22,8 @@ from numba import njit
 __all__ = [
     "class_stats",
     "top_candidates",
-    "sorted_keys",
+    "transpose",
+    "order_keys",
     "precision_at_k",
     "signal_detection",
     "KEY_PAD",
@@ -109,15 +110,27 @@ def top_candidates(X, y, floor, above, n_present, cap):
 
 
 @njit(cache=True)
-def sorted_keys(X, y, cols):
-    """Order keys of whole columns ``cols`` of X, (len(cols), N) uint64, unsorted."""
-    n = X.shape[0]
-    keys = np.empty((len(cols), n), dtype=np.uint64)
-    for i in range(n):
-        lab = np.uint64(y[i])
-        for q in range(len(cols)):
-            keys[q, i] = (np.uint64(desc_key(X[i, cols[q]])) << np.uint64(32)) | lab
-    return keys
+def transpose(X):
+    """X (N, B) as (B, N), in tiles of rows so that reads and writes stay in cache."""
+    n, b = X.shape
+    out = np.empty((b, n), dtype=X.dtype)
+    tile = 128
+    for i0 in range(0, n, tile):
+        i1 = min(n, i0 + tile)
+        for j in range(b):
+            for i in range(i0, i1):
+                out[j, i] = X[i, j]
+    return out
+
+
+@njit(cache=True)
+def order_keys(Xt, y, cols, out):
+    """Fill ``out[q]`` with the (unsorted) order keys of unit ``cols[q]`` of ``Xt`` (B, N)."""
+    n = Xt.shape[1]
+    for q in range(len(cols)):
+        row = Xt[cols[q]]
+        for i in range(n):
+            out[q, i] = (np.uint64(desc_key(row[i])) << np.uint64(32)) | np.uint64(y[i])
 
 
 @njit(cache=True)

@@ -45,6 +45,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
+from .selectivity import unit_measures
 from .tables import FRACTION_COLUMNS, ResultsError, layer_order, read_results
 
 __all__ = [
@@ -529,19 +530,8 @@ def _parse_class(value: str, class_names: Sequence[str], path: str) -> int:
     return c
 
 
-def _unit_measures():
-    try:
-        from .selectivity import unit_measures
-    except ImportError as exc:
-        raise RuntimeError(
-            f"Fig. A4 needs analysis.selectivity.unit_measures, which cannot be imported ({exc})"
-        ) from None
-    return unit_measures
-
-
 def a4_measures(cases: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
     """CCMAS, precision and TCS of each synthetic case, from ``analysis.selectivity``."""
-    unit_measures = _unit_measures()
     rows = []
     for acts, labels in cases.values():
         n_classes = int(labels.max()) + 1

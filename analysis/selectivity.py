@@ -72,8 +72,8 @@ COLUMNS = ["unit"] + BASIC_COLUMNS + SIGNAL_DETECTION_COLUMNS + SUMMARY_COLUMNS
 MEASURE_SETS = ("all", "basic")
 CCMAS_MODES = ("pooled", "class_means")
 
-#: Upper bound on the memory of one block's sort keys (bytes).
-SORT_BYTES = 128 * 1024 * 1024
+#: Sort keys handled at once (bytes): small enough to stay in a core's L2 cache.
+SORT_BYTES = 1024 * 1024
 #: Room for the images above the precision floor before a unit falls back to a full sort.
 CANDIDATE_CAP = 4096
 
@@ -223,29 +223,35 @@ def block_measures(
         out[f"precision_{k}"][ok] = p
         out[f"precision_{k}_class"][ok] = c
 
-    # Full sorts, a few units at a time: signal detection (all measures) and
-    # precision for the units with too many images at the floor (heavy ties).
-    step = max(1, min(b, SORT_BYTES // (8 * n)))
+    # Full sorts, a few units at a time so that their keys stay in cache: signal
+    # detection (all measures) and precision for the units whose keys overflowed.
     if measures == "all":
         inform = np.zeros((b, kp))
         top_stats = np.zeros((b, 4))
         todo = np.arange(b)
     else:
         todo = np.flatnonzero(overflow)
-    for s in range(0, len(todo), step):
-        cols = todo[s:s + step]
-        keys = K.sorted_keys(X, layout.y, cols)
-        keys.sort(axis=1)
-        redo = overflow[cols]
-        if redo.any():
-            full = np.full(int(redo.sum()), n, dtype=np.int64)  # every image is a key
-            no_floor = np.zeros((len(full), kp), dtype=np.int64)
-            for k in PRECISION_KS:
-                p, c = K.precision_at_k(keys[redo], full, no_floor, n, k)
-                out[f"precision_{k}"][cols[redo]] = p
-                out[f"precision_{k}_class"][cols[redo]] = c
-        if measures == "all":
-            inform[cols], top_stats[cols] = K.signal_detection(keys, layout.counts, top[cols])
+    if len(todo):
+        Xt = K.transpose(X)
+        step = max(1, min(len(todo), SORT_BYTES // (8 * n)))
+        buffer = np.empty((step, n), dtype=np.uint64)
+        for s in range(0, len(todo), step):
+            cols = todo[s:s + step]
+            keys = buffer[:len(cols)]
+            K.order_keys(Xt, layout.y, cols, keys)
+            keys.sort(axis=1)
+            redo = overflow[cols]
+            if redo.any():
+                full = np.full(int(redo.sum()), n, dtype=np.int64)  # every image is a key
+                no_floor = np.zeros((len(full), kp), dtype=np.int64)
+                for k in PRECISION_KS:
+                    p, c = K.precision_at_k(keys[redo], full, no_floor, n, k)
+                    out[f"precision_{k}"][cols[redo]] = p
+                    out[f"precision_{k}_class"][cols[redo]] = c
+            if measures == "all":
+                inform[cols], top_stats[cols] = K.signal_detection(
+                    keys, layout.counts, top[cols]
+                )
     for k in PRECISION_KS:
         out[f"precision_{k}_class"] = layout.present[out[f"precision_{k}_class"]]
 
@@ -353,6 +359,13 @@ def _worker_block(layer: str, start: int, stop: int) -> tuple[str, int, dict]:
     return layer, start, res
 
 
+def _warm_kernels(measures: str) -> None:
+    """Run every kernel once on a tiny block (numba compiles or loads them on first use)."""
+    y = np.array([0, 1, 1])
+    block_measures(np.array([[0.0], [1.0], [2.0]], np.float32),
+                   ClassLayout.from_labels(y, 2), measures=measures)
+
+
 def _pool_context():
     """fork where it is safe and cheap (Linux; no file is open in the parent), else spawn."""
     import multiprocessing
@@ -442,6 +455,8 @@ def compute(
         finally:
             _WORKER.pop("table").close()
     else:
+        # Compile or load the kernels once, here: forked workers inherit them.
+        _warm_kernels(measures)
         # The pool starts its processes before any thread of ours (tqdm's monitor) exists.
         with ProcessPoolExecutor(
             workers, mp_context=_pool_context(), initializer=_worker_init,

@@ -31,6 +31,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from .selectivity import COLUMNS
+
 __all__ = [
     "RESULTS_COLUMNS",
     "ResultsError",
@@ -51,15 +53,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Columns of a results file, in the order the selectivity CLI writes them.
-RESULTS_COLUMNS = (
-    "layer", "unit", "ccmas", "ccmas_class", "ccmas_2", "ccmas_2_class",
-    "top_class", "top_cluster_size", "tcs", "localist", "localist_class",
-    "precision_60", "precision_60_class", "precision_100", "precision_100_class",
-    "max_informedness", "max_informedness_class", "top_class_max_informedness",
-    "top_class_recall_at_precision_95", "top_class_recall_at_precision_100",
-    "top_class_average_precision", "top_class_max_f1",
-    "mean_activation", "max_activation", "dead",
-)
+RESULTS_COLUMNS = ("layer", *COLUMNS)
 
 #: Columns holding fractions in [0, 1], shown as percentages.
 FRACTION_COLUMNS = ("tcs", "precision_60", "precision_100")
