@@ -225,3 +225,25 @@ def test_parse_shard():
     assert parse_shard("2/5") == (2, 5)
     with pytest.raises(ValueError, match="i/n"):
         parse_shard("half")
+
+
+def test_dead_units_are_counted_in_the_log(table, caplog):
+    path, _, _ = table
+    with caplog.at_level("WARNING", logger="analysis.selectivity"):
+        df = compute(path, layers=["fc6"], progress=False)
+    assert df.dead.sum() == 1  # unit 3 of the random table
+    assert "fc6: 1 dead unit(s)" in caplog.text
+
+
+def test_a_bad_value_found_by_a_worker_process_reaches_the_caller(tmp_path):
+    import h5py
+
+    from analysis.activations import ActivationTableError
+
+    a, y = random_table(6, 300, 4, 130)
+    path = tmp_path / "t.h5"
+    write_table(path, y, list("abcd"), {"fc": a})
+    with h5py.File(path, "a") as f:
+        f["layers/fc"][10, 100] = np.inf
+    with pytest.raises(ActivationTableError, match="row 10, unit 100"):
+        compute(path, workers=2, progress=False)
