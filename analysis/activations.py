@@ -207,8 +207,11 @@ class ActivationTable:
 
     def chunk_units(self, layer: str) -> int:
         """Units per chunk: read blocks whose width is a multiple of this."""
-        chunks = self.layer_info(layer).chunks
-        return chunks[1] if chunks else 1
+        info = self.layer_info(layer)
+        if info.chunks:
+            return info.chunks[1]
+        # contiguous or virtual datasets: the writer's hint, else the default width
+        return max(1, min(int(info.attrs.get("chunk_units", MAX_CHUNK_UNITS)), info.n_units))
 
     def dataset(self, name: str) -> h5py.Dataset:
         """Any other dataset of the file (e.g. ``image_paths``), or a clear error."""

@@ -1,0 +1,480 @@
+"""Record a classifier's activations over a labelled image set into an activation table.
+
+    python -m generator.record --network caffenet --weights caffenet.caffemodel \\
+        --images /data/ILSVRC2012/val --out caffenet_val.h5
+
+How a run is laid out, so that it can stop and go on:
+
+* The images are cut into segments of ``--segment-images`` (16,384) inputs.
+  Each finished segment is written whole to ``OUT.parts/seg-NNNNNN.h5`` (an
+  activation table of its own) and renamed into place, so a crash loses at
+  most the segment in progress. Running the same command again skips the
+  finished segments: the result is the same as an uninterrupted run, because
+  batches never cross a segment boundary.
+* ``--shard i/n`` (or ``RANK``/``WORLD_SIZE`` under torchrun) records every
+  n-th segment; the shards share the parts folder.
+* When every segment is there, they are joined into ``OUT``: copied into one
+  file (tables under ``--copy-limit``, 2 GB by default; the parts are then
+  removed), or as HDF5 virtual datasets that point into the parts, without
+  copying (keep ``OUT.parts`` beside ``OUT``).
+
+Images that cannot be decoded are skipped, counted, and listed in the table
+(``/skipped_images``, ``/skipped_errors``); they never stop a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from analysis.activations import TableWriter, unit_chunk_width
+
+from .images import ImageSet, ImageSetError, collate, load_image_set
+from .networks import TappedNet, WeightsError, load_network
+
+__all__ = ["record", "join_segments", "reduce_activation", "RecordError", "main",
+           "DEFAULT_LAYERS"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LAYERS = ("conv5", "fc6", "fc7", "fc8", "prob")
+REDUCTIONS = ("max", "mean")
+
+
+class RecordError(RuntimeError):
+    """A recording that cannot go on (the message says why and what to do)."""
+
+
+def reduce_activation(t: torch.Tensor, how: str = "max") -> torch.Tensor:
+    """(N, C, H, W) -> (N, C) by spatial max or mean; 2-d taps pass through."""
+    if t.ndim == 2:
+        return t
+    if t.ndim != 4:
+        raise ValueError(f"cannot reduce a tap of shape {tuple(t.shape)}")
+    return t.amax(dim=(2, 3)) if how == "max" else t.mean(dim=(2, 3))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything that must match for segments to be reused."""
+
+    network: str
+    weights_sha256: str
+    images: str
+    images_fingerprint: str
+    n_inputs: int
+    layers: tuple[str, ...]
+    reduction: str
+    keep: str
+    preprocessing: str
+    segment_images: int
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+
+def _parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def _segment_path(parts: Path, k: int) -> Path:
+    return parts / f"seg-{k:06d}.h5"
+
+
+def _check_manifest(parts: Path, plan: Plan) -> None:
+    manifest = parts / "manifest.json"
+    if manifest.exists():
+        old = json.loads(manifest.read_text())
+        new = json.loads(plan.to_json())
+        diff = sorted(k for k in new if old.get(k) != new[k])
+        if diff:
+            raise RecordError(
+                f"{parts}: made by a run with other settings ({', '.join(diff)} differ); "
+                "delete the folder to start afresh, or record to another --out"
+            )
+    else:
+        parts.mkdir(parents=True, exist_ok=True)
+        tmp = manifest.with_suffix(".json.tmp")
+        tmp.write_text(plan.to_json())
+        os.replace(tmp, manifest)
+
+
+def _segment_batches(segments: Sequence[int], seg_size: int, n_inputs: int, batch: int):
+    for k in segments:
+        start, stop = k * seg_size, min(n_inputs, (k + 1) * seg_size)
+        for b in range(start, stop, batch):
+            yield list(range(b, min(stop, b + batch)))
+
+
+class _SegmentBuffer:
+    """Collects one segment's rows and writes it as a file, atomically."""
+
+    def __init__(self, k: int, start: int, stop: int):
+        self.k, self.start, self.stop = k, start, stop
+        self.seen = 0
+        self.rows: list[dict] = []
+        self.skipped: list[tuple[int, str, str]] = []  # (input index, path, error)
+
+    def write(self, path: Path, image_set: ImageSet, layer_units: dict[str, int],
+              layer_attrs: dict, attrs: dict) -> int:
+        tmp = path.with_name(f".{path.name}.tmp")
+        n = sum(len(r["index"]) for r in self.rows)
+        with TableWriter(
+            tmp, image_set.class_names, layer_units, n_images=max(n, 1),
+            attrs=attrs | {"segment": self.k, "first_input": self.start,
+                           "stop_input": self.stop,
+                           "skipped": json.dumps(self.skipped)},
+            layer_attrs=layer_attrs, extra_string_columns=["image_paths"],
+            extra_int_columns=["predictions", "input_index"],
+        ) as writer:
+            for r in self.rows:
+                idx = r["index"]
+                writer.append(
+                    image_set.labels[idx], r["acts"],
+                    extra={"image_paths": [image_set.paths[i] for i in idx],
+                           "predictions": r["pred"], "input_index": idx},
+                )
+        os.replace(tmp, path)
+        return n
+
+
+def record(
+    network: str,
+    images: str | ImageSet,
+    out: str | os.PathLike,
+    *,
+    weights: str | None = None,
+    layers: Sequence[str] = DEFAULT_LAYERS,
+    keep: str = "correct",
+    reduction: str = "max",
+    classes: str | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    device: str | None = None,
+    shard: tuple[int, int] = (0, 1),
+    segment_images: int = 16384,
+    join: str = "auto",
+    progress: bool = True,
+) -> Path | None:
+    """Record ``layers`` of ``network`` over ``images`` into the table ``out``.
+
+    Returns the table's path once every segment is recorded and joined, or
+    None when other shards still have segments to record.
+    """
+    out = Path(out)
+    if keep not in ("correct", "all"):
+        raise ValueError(f"keep must be 'correct' or 'all', got {keep!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if out.exists():
+        raise RecordError(f"{out} exists: remove it or choose another --out")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, spec, checksum = load_network(network, weights, device=device)
+    image_set = images if isinstance(images, ImageSet) else load_image_set(images, classes)
+    unknown = [t for t in layers if t not in model.taps]
+    if unknown:
+        raise ValueError(f"{network} has no tap(s) {unknown}; choose from {model.tap_names}")
+    n_classes_out = model.layer_shapes(["fc8"])["fc8"][0]
+    if len(image_set.class_names) != n_classes_out:
+        log.warning("%s has %d classes but %s has %d outputs: predictions and --keep "
+                    "correct compare indices", image_set.source, len(image_set.class_names),
+                    network, n_classes_out)
+    plan = Plan(network, checksum, image_set.source, image_set.fingerprint(), len(image_set),
+                tuple(layers), reduction, keep, spec.preprocessing.to_json(), segment_images)
+    parts = _parts_dir(out)
+    _check_manifest(parts, plan)
+
+    n_segments = -(-len(image_set) // segment_images)
+    mine = [k for k in range(n_segments) if k % shard[1] == shard[0]]
+    todo = [k for k in mine if not _segment_path(parts, k).exists()]
+    shapes = model.layer_shapes(layers)
+    layer_units = {t: s[0] for t, s in shapes.items()}
+    layer_attrs = {t: {"reduction": reduction, "spatial_shape": list(s[1:])}
+                   for t, s in shapes.items() if len(s) == 3}
+    attrs = {
+        "network": network, "weights_sha256": checksum, "images": image_set.source,
+        "preprocessing": spec.preprocessing.to_json(), "keep": keep,
+        "software_version": _version(), "torch_version": str(torch.__version__),
+    }
+    log.info("%s: %d images in %d segments, %d to record here (shard %d/%d), device %s",
+             out, len(image_set), n_segments, len(todo), shard[0], shard[1], device)
+    if todo:
+        _record_segments(model, image_set, spec.preprocessing, todo, parts, plan, layers,
+                         layer_units, layer_attrs, attrs, batch_size, workers, device,
+                         progress)
+    missing = [k for k in range(n_segments) if not _segment_path(parts, k).exists()]
+    if missing:
+        log.info("%d segment(s) left to other shards; join once they are done", len(missing))
+        return None
+    return join_segments(out, mode=join)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("selectivity-study")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _record_segments(model: TappedNet, image_set: ImageSet, preprocess, todo, parts, plan,
+                     layers, layer_units, layer_attrs, attrs, batch_size, workers, device,
+                     progress) -> None:
+    from tqdm.auto import tqdm
+
+    dataset = image_set.dataset(preprocess)
+    in_memory = image_set.tensors is not None
+    if workers is None:  # decoding takes ~10% of CaffeNet's CPU time: leave cores to the net
+        cores = os.cpu_count() or 1
+        workers = 0 if in_memory else min(8, cores) if device.type == "cuda" else \
+            max(1, min(4, cores // 4))
+    loader = DataLoader(
+        dataset,
+        batch_sampler=list(_segment_batches(todo, plan.segment_images, plan.n_inputs,
+                                            batch_size)),
+        num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
+    taps = list(dict.fromkeys([*layers, "fc8"]))
+    labels = torch.as_tensor(image_set.labels)
+    total = sum(min(plan.n_inputs, (k + 1) * plan.segment_images) - k * plan.segment_images
+                for k in todo)
+    segments = iter(todo)
+    current = None
+    kept = skipped = 0
+    bar = tqdm(total=total, unit="img", desc="record", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    started = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for batch, indices, bad in loader:
+                if current is None or current.seen == current.stop - current.start:
+                    k = next(segments)
+                    current = _SegmentBuffer(k, k * plan.segment_images,
+                                             min(plan.n_inputs, (k + 1) * plan.segment_images))
+                for i, err in bad:
+                    current.skipped.append((int(i), image_set.paths[i], err))
+                    log.warning("skipped %s: %s", image_set.paths[i], err)
+                skipped += len(bad)
+                current.seen += len(indices) + len(bad)
+                if batch is not None:
+                    outs = model(batch.to(device, non_blocking=True), taps)
+                    pred = outs["fc8"].argmax(dim=1).cpu()
+                    keep_rows = (pred == labels[indices]) if plan.keep == "correct" else \
+                        torch.ones(len(indices), dtype=torch.bool)
+                    acts = {t: reduce_activation(outs[t], plan.reduction)[keep_rows.to(device)]
+                            .float().cpu().numpy() for t in layers}
+                    current.rows.append({"index": indices[keep_rows].numpy(), "acts": acts,
+                                         "pred": pred[keep_rows].numpy()})
+                bar.update(len(indices) + len(bad))
+                bar.set_postfix(skipped=skipped, refresh=False)
+                if current.seen == current.stop - current.start:
+                    kept += current.write(_segment_path(parts, current.k), image_set,
+                                          layer_units, layer_attrs, attrs)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    log.info("recorded %d images in %.1f s (%.0f images/s); kept %d, skipped %d",
+             total, seconds, total / max(seconds, 1e-9), kept, skipped)
+
+
+#: ``join="auto"`` copies tables up to this size into one file, and joins larger ones virtually.
+COPY_LIMIT_BYTES = 2 * 1024**3
+JOIN_MODES = ("auto", "copy", "virtual")
+
+
+def join_segments(out: str | os.PathLike, *, mode: str = "auto") -> Path:
+    """Join the finished segments of ``OUT.parts`` into the table ``out``.
+
+    ``mode``: "copy" writes one self-contained file and removes the parts;
+    "virtual" maps the parts with HDF5 virtual datasets (no copy; keep
+    ``OUT.parts`` beside ``OUT``); "auto" copies up to COPY_LIMIT_BYTES.
+    """
+    if mode not in JOIN_MODES:
+        raise ValueError(f"join mode must be one of {JOIN_MODES}, got {mode!r}")
+    out = Path(out)
+    parts = _parts_dir(out)
+    plan = json.loads((parts / "manifest.json").read_text())
+    n_segments = -(-plan["n_inputs"] // plan["segment_images"])
+    files = [_segment_path(parts, k) for k in range(n_segments)]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise RecordError(f"cannot join {out}: {len(missing)} segment(s) missing, e.g. "
+                          f"{missing[0]}; run the recording (all shards) to the end")
+    segs = [h5py.File(f, "r") for f in files]
+    try:
+        rows = [len(s["labels"]) for s in segs]
+        total = sum(rows)
+        if total == 0:
+            raise RecordError(f"{out}: no image was kept (keep={plan['keep']}): is the network "
+                              "given the right weights and classes?")
+        first = segs[0]
+        layer_order = [v.decode() if isinstance(v, bytes) else str(v)
+                       for v in first["layers"].attrs["order"]]
+        units = {name: first["layers"][name].shape[1] for name in layer_order}
+        copy = mode == "copy" or (
+            mode == "auto" and total * sum(units.values()) * 4 <= COPY_LIMIT_BYTES)
+        tmp = out.with_name(f".{out.name}.tmp")
+        class_names = [v.decode() if isinstance(v, bytes) else v for v in first["class_names"]]
+        attrs = {k: v for k, v in first.attrs.items()
+                 if k not in ("segment", "first_input", "stop_input", "skipped", "complete")}
+        layer_attrs = {n: dict(first["layers"][n].attrs) for n in layer_order}
+        skipped = [tuple(item) for s in segs for item in json.loads(s.attrs["skipped"])]
+        if copy:
+            _join_copy(tmp, segs, class_names, units, attrs, layer_attrs, total)
+        else:
+            _join_virtual(tmp, segs, files, out, class_names, layer_order, units, attrs,
+                          layer_attrs, rows)
+        with h5py.File(tmp, "a") as f:
+            string = h5py.string_dtype("utf-8")
+            for name, column in (("skipped_images", 1), ("skipped_errors", 2)):
+                f.create_dataset(name, data=np.array([item[column] for item in skipped],
+                                                     dtype=object), dtype=string)
+            f.attrs["n_inputs"] = plan["n_inputs"]
+            f.attrs["n_skipped"] = len(skipped)
+            f.attrs["n_kept"] = total
+            f.attrs["joined"] = "copy" if copy else "virtual"
+            f.attrs["complete"] = True
+    finally:
+        for s in segs:
+            s.close()
+    os.replace(tmp, out)
+    if copy:
+        shutil.rmtree(parts)
+    log.info("%s: %d images kept of %d (%d skipped), %s", out, total, plan["n_inputs"],
+             len(skipped), "one file" if copy else f"virtual, over {parts}")
+    return out
+
+
+def _join_copy(tmp, segs, class_names, units, attrs, layer_attrs, total) -> None:
+    with TableWriter(tmp, class_names, units, n_images=total, attrs=attrs,
+                     layer_attrs=layer_attrs, extra_string_columns=["image_paths"],
+                     extra_int_columns=["predictions", "input_index"]) as writer:
+        for s in segs:
+            if not len(s["labels"]):
+                continue
+            writer.append(
+                s["labels"][()], {n: s["layers"][n][()] for n in units},
+                extra={"image_paths": [p.decode() if isinstance(p, bytes) else p
+                                       for p in s["image_paths"][()]],
+                       "predictions": s["predictions"][()], "input_index": s["input_index"][()]},
+            )
+
+
+def _join_virtual(tmp, segs, files, out, class_names, layer_order, units, attrs, layer_attrs,
+                  rows) -> None:
+    total = sum(rows)
+    with h5py.File(tmp, "w") as f:
+        f.attrs.update(attrs)
+        f.create_dataset("class_names", data=np.array(class_names, dtype=object),
+                         dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset("labels", data=np.concatenate([s["labels"][()] for s in segs]))
+        f.create_dataset("predictions", data=np.concatenate([s["predictions"][()] for s in segs]))
+        f.create_dataset("input_index", data=np.concatenate([s["input_index"][()] for s in segs]))
+        f.create_dataset("image_paths", data=np.concatenate([s["image_paths"][()] for s in segs]),
+                         dtype=h5py.string_dtype("utf-8"))
+        group = f.create_group("layers")
+        group.attrs["order"] = np.array(layer_order, dtype=object)
+        for name in layer_order:
+            layout = h5py.VirtualLayout(shape=(total, units[name]), dtype="f4")
+            start = 0
+            for path, n in zip(files, rows, strict=True):
+                if n:
+                    rel = os.path.relpath(path, out.parent)
+                    layout[start:start + n] = h5py.VirtualSource(
+                        rel, f"layers/{name}", shape=(n, units[name]))
+                start += n
+            ds = group.create_virtual_dataset(name, layout, fillvalue=np.nan)
+            ds.attrs.update(layer_attrs[name])
+            ds.attrs["chunk_units"] = unit_chunk_width(units[name])
+
+
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        return (int(rank), int(world)) if rank and world else (0, 1)
+    from analysis.selectivity import parse_shard
+
+    return parse_shard(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m generator.record",
+        description="Record a network's activations over a labelled image set into an "
+                    "activation table (DESIGN.md §3). Interrupted runs go on where they "
+                    "stopped when run again with the same arguments.",
+    )
+    parser.add_argument("--network", required=True,
+                        help="caffenet, bvlc_alexnet, alexnet (torchvision's) or demo")
+    parser.add_argument("--weights", help=".caffemodel or PyTorch state dict (.pth); "
+                        "default: the demo's own trained weights, random for the others")
+    parser.add_argument("--images", required=True,
+                        help="a folder of class sub-folders (ImageNet-style), a CSV of "
+                             "path,label, or digits[:train|:test]")
+    parser.add_argument("--classes", help="class list (TSV with wnid,name or one per line); "
+                        "default: ImageNet's 1,000 classes where they fit")
+    parser.add_argument("--out", required=True, help="activation table to write (.h5)")
+    parser.add_argument("--layers", nargs="+", default=list(DEFAULT_LAYERS),
+                        help="taps to record (default: conv5 fc6 fc7 fc8 prob; "
+                             "':pre' for pre-ReLU, e.g. fc6:pre)")
+    parser.add_argument("--keep", choices=("correct", "all"), default="correct",
+                        help="keep only correctly classified images (default) or all")
+    parser.add_argument("--reduction", choices=REDUCTIONS, default="max",
+                        help="per-channel reduction of conv layers (default: spatial max)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, help="image-decoding processes (default: a "
+                        "quarter of the cores on CPU, up to 8 with a GPU; 0 decodes here)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    parser.add_argument("--shard", help="record the I-th of N shares of the images, I/N "
+                        "(default: RANK/WORLD_SIZE under torchrun, else 0/1)")
+    parser.add_argument("--segment-images", type=int, default=16384,
+                        help="images per resumable segment (default 16384)")
+    parser.add_argument("--join", choices=JOIN_MODES, default="auto",
+                        help="how the segments become one table: copy (one file), virtual "
+                             "(HDF5 virtual datasets over OUT.parts, no copy) or auto (copy "
+                             "up to 2 GB; default)")
+    parser.add_argument("--join-only", action="store_true",
+                        help="only join the finished segments of OUT.parts into OUT")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.join_only:
+            path = join_segments(args.out, mode=args.join)
+        else:
+            device = args.device
+            if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+                device = f"cuda:{os.environ['LOCAL_RANK']}"
+            path = record(
+                args.network, args.images, args.out, weights=args.weights, layers=args.layers,
+                keep=args.keep, reduction=args.reduction, classes=args.classes,
+                batch_size=args.batch_size, workers=args.workers, device=device,
+                shard=_parse_shard(args.shard), segment_images=args.segment_images,
+                join=args.join, progress=not args.quiet,
+            )
+    except (RecordError, ImageSetError, WeightsError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if path is None:
+        print("this shard is done; the table is joined when every shard has finished")
+    else:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
