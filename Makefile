@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 OUT    ?= out/demo
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo example bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,35 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -q
 
-demo: install
-	$(BIN)/python -m analysis.example --out $(OUT)
+# The demo: the small digits network (trained here once, cached in .cache/), its
+# activations over the digits, every unit's selectivity, the paper's tables and figures.
+demo: install $(OUT)/tables/tables.md $(OUT)/figures/figA4_synthetic.png
+	@echo "demo done: tables in $(OUT)/tables/tables.md, figures in $(OUT)/figures/"
+
+$(OUT)/digits.h5: | install
+	$(BIN)/python -m generator.record --network demo --images digits --out $@
+
+$(OUT)/selectivity.csv: $(OUT)/digits.h5
+	$(BIN)/python -m analysis.selectivity $< --out $@
+
+$(OUT)/tables/tables.md: $(OUT)/selectivity.csv
+	$(BIN)/python -m analysis.tables $< --out $(OUT)/tables --class-names $(OUT)/digits.h5
+
+$(OUT)/figures/figA4_synthetic.png: $(OUT)/selectivity.csv
+	$(BIN)/python -m analysis.figures distributions $< --out $(OUT)/figures
+	$(BIN)/python -m analysis.figures ccmas2 $< --out $(OUT)/figures
+	$(BIN)/python -m analysis.figures jitter $(OUT)/digits.h5 --layer fc6 --unit 0 --out $(OUT)/figures/jitter_fc6_0
+	$(BIN)/python -m analysis.figures classes $(OUT)/digits.h5 --layer fc6 --unit 0 --out $(OUT)/figures/classes_fc6_0
+	$(BIN)/python -m analysis.figures activation-dist $(OUT)/digits.h5 --layer fc6 --unit 0 --out $(OUT)/figures/activations_fc6_0
+	$(BIN)/python -m analysis.figures a4 --out $(OUT)/figures
+
+# The analysis alone on a generated table with known structure.
+example: install
+	$(BIN)/python -m analysis.example --out out/example
 
 bench: install
 	$(BIN)/python benchmarks/selectivity.py
+	$(BIN)/python benchmarks/record.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

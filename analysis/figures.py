@@ -568,9 +568,10 @@ def _cmd_classes(args) -> list[str]:
     acts, labels, names = _read_unit(args.table, args.layer, args.unit)
     counts = top_k_class_counts(acts, labels, len(names), args.top_k)
     k_eff = min(args.top_k, len(acts))
+    n_present = int((counts > 0).sum())
     title = (f"{args.layer} unit {args.unit}: classes of the {k_eff} most active images\n"
              f"(precision {100 * counts.max() / k_eff:.1f}%, "
-             f"{int((counts > 0).sum())} classes)")
+             f"{n_present} {'class' if n_present == 1 else 'classes'})")
     fig = plot_top_classes(acts, labels, len(names), k=args.top_k, class_names=names,
                            title=title)
     return save_figure(fig, _stem(args.out, args.format), args.format)

@@ -34,7 +34,7 @@ SAMPLES = ROOT.parent / "shared" / "data" / "imagenet-samples"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -85,7 +85,7 @@ def main() -> int:
 
     started = time.perf_counter()
     record("caffenet", str(listing), tmp / "t.h5", keep="all", batch_size=args.batch_size,
-           workers=args.workers, device=str(device), progress=False)
+           device=str(device), progress=False)  # the recorder's default decoding workers
     whole = n / (time.perf_counter() - started)
 
     print(f"\n{'stage':52s} {'images/s':>10s}")
@@ -93,7 +93,7 @@ def main() -> int:
     print(f"{'decode + preprocess, ' + str(args.workers) + ' DataLoader workers':52s} "
           f"{decode_workers:10.1f}")
     print(f"{'network alone (conv5..prob taps)':52s} {1 / net_one:10.1f}")
-    print(f"{'recorder, end to end':52s} {whole:10.1f}")
+    print(f"{'recorder, end to end (model build, writes, join)':52s} {whole:10.1f}")
     share = decode_one / (decode_one + net_one)
     print(f"\nper image: decoding {decode_one * 1e3:.1f} ms, network {net_one * 1e3:.1f} ms "
           f"({100 * share:.0f}% / {100 - 100 * share:.0f}% of one core-pass); "
