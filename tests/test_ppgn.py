@@ -1,0 +1,181 @@
+"""The PPGN sampler: one step against a hand computation, batch independence, resume,
+the conv schedule, receptive fields and panels."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from generator import ppgn
+from generator.networks import TappedNet, caffenet
+from generator.panels import grid, photo_panel, receptive_field
+from generator.panels import main as panels_main
+from generator.ppgn import (
+    Models,
+    Sampler,
+    Settings,
+    Target,
+    generate,
+    parse_units,
+    ppgn_update,
+    settings_for,
+)
+
+
+def tiny_models(seed=0):
+    """G: a linear map h (4) -> x (3); classifier: fc6 (3 -> 4, ReLU) and fc8 (4 -> 2)."""
+    torch.manual_seed(seed)
+    gen = nn.Linear(4, 3)
+    steps = [("fc6", nn.Linear(3, 4)), ("relu6", nn.ReLU()), ("fc8", nn.Linear(4, 2))]
+    net = TappedNet(steps, {"fc6": "relu6", "fc6:pre": "fc6", "fc8": "fc8"}, (3,)).eval()
+
+    def to_pixels(x):
+        return (x.clamp(-1, 1) * 127 + 128).byte().reshape(len(x), 1, 3, 1).numpy()
+
+    return gen, net, Models(net, gen, lambda x: x, 4, to_pixels)
+
+
+def test_one_step_matches_a_hand_computation():
+    gen, net, _ = tiny_models(seed=4)
+    s = Settings(steps=1, eps1=0.3, eps2=1.0, eps3=0.0, lr=0.5)
+    sampler = Sampler(gen, net, Target("fc8"), settings=s, code_dim=4)
+    batch = sampler.start([1], [0])
+    h = batch.h[0].double()
+    wg, bg = gen.weight.detach().double(), gen.bias.detach().double()
+    w6, b6 = net.fc6.weight.detach().double(), net.fc6.bias.detach().double()
+    w8, b8 = net.fc8.weight.detach().double(), net.fc8.bias.detach().double()
+    # forward by hand
+    x = wg @ h + bg
+    z6 = w6 @ x + b6
+    assert 0 < (z6 > 0).sum() < 4  # some ReLUs pass, some block: the test covers both
+    code = torch.relu(z6)
+    logits = w8 @ code + b8
+    p1 = torch.softmax(logits, 0)[1]
+    # d logit_1 / d h = w8[1] . diag(z6 > 0) . w6 . wg
+    grad = (w8[1] * (z6 > 0).double()) @ w6 @ wg
+    d_h = 0.3 * (code - h) + 1.0 * (1 - p1) * grad
+    expected = (h + 0.5 / d_h.abs().mean() * d_h).clamp(0, 30)
+    fwd = sampler.forward(batch)
+    np.testing.assert_allclose(fwd.code[0].double(), code, rtol=1e-5)
+    np.testing.assert_allclose(fwd.activation[0].double(), logits[1], rtol=1e-5)
+    got = ppgn_update(batch, fwd, sampler.terms, s.lr, s.h_max)
+    np.testing.assert_allclose(got[0].double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_h_stays_in_its_box_and_a_zero_step_changes_nothing():
+    gen, net, _ = tiny_models()
+    sampler = Sampler(gen, net, Target("fc8"), settings=Settings(lr=1e3, eps3=0), code_dim=4)
+    batch = sampler.start([0, 1], [0, 0])
+    out = ppgn_update(batch, sampler.forward(batch), sampler.terms, 1e3, 30.0)
+    assert out.min() >= 0 and out.max() <= 30
+    zero = ppgn_update(batch, sampler.forward(batch), [lambda b, f: torch.zeros_like(b.h)],
+                       1.0, 30.0)
+    assert torch.equal(zero, batch.h)
+
+
+def run_images(sampler, units, chains, pad_to=8):
+    return {(s.unit, s.chain): s.image for s in sampler.run(units, chains, pad_to=pad_to)}
+
+
+def test_a_unit_alone_and_in_a_mixed_batch_gives_the_same_images():
+    gen, net, _ = tiny_models()
+    s = Settings(steps=30, eps3=1e-3)  # noise on, so per-chain random numbers matter
+    sampler = Sampler(gen, net, Target("fc8"), settings=s, code_dim=4, seed=7)
+    alone = run_images(sampler, [1, 1, 1], [0, 1, 2])
+    mixed = run_images(sampler, [0, 1, 0, 1, 1], [0, 0, 1, 1, 2])
+    for chain in range(3):
+        assert torch.equal(alone[(1, chain)], mixed[(1, chain)])
+    assert not torch.equal(alone[(1, 0)], alone[(1, 1)])  # chains differ from each other
+
+
+def test_conv_schedule_resets_redraws_eps1_and_keeps_samples_above_threshold():
+    s = settings_for("conv5", steps=40, reset_every=10, keep_every=5, threshold=-1e9)
+    assert s.eps1_range == (1e-6, 1e-2)
+    gen, net, _ = tiny_models()
+    sampler = Sampler(gen, net, Target("fc6:pre"), settings=s, code_dim=4)
+    samples = list(sampler.run([2, 3], [0, 0]))
+    assert [x.step for x in samples if x.unit == 2] == [5, 10, 15, 20, 25, 30, 35, 40]
+    high = settings_for("conv5", steps=40, reset_every=10, keep_every=5, threshold=1e9)
+    assert list(Sampler(gen, net, Target("fc6:pre"), settings=high, code_dim=4)
+                .run([2], [0])) == []
+    batch = sampler.start([2, 2], [0, 1])
+    assert 1e-6 <= batch.eps1.min() and batch.eps1.max() <= 1e-2
+    assert batch.eps1[0] != batch.eps1[1]
+
+
+def test_generate_resumes_per_unit_to_the_same_files(tmp_path, monkeypatch):
+    *_, models = tiny_models()
+    settings = Settings(steps=5)
+    whole = generate(models, "fc8", [0, 1], tmp_path / "whole", images_per_unit=4,
+                     batch_chains=3, settings=settings, progress=False)
+    original = ppgn._save_unit
+    calls = {"n": 0}
+
+    def crash_on_second(*args, **kwargs):
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ppgn, "_save_unit", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        generate(models, "fc8", [0, 1], tmp_path / "resumed", images_per_unit=4,
+                 batch_chains=3, settings=settings, progress=False)
+    assert not (tmp_path / "resumed" / "manifest_fc8.csv").exists()
+    monkeypatch.setattr(ppgn, "_save_unit", original)
+    resumed = generate(models, "fc8", [0, 1], tmp_path / "resumed", images_per_unit=4,
+                       batch_chains=3, settings=settings, progress=False)
+    for unit in (0, 1):
+        a = np.load(tmp_path / "whole" / "units" / f"fc8_{unit:04d}.npz")
+        b = np.load(tmp_path / "resumed" / "units" / f"fc8_{unit:04d}.npz")
+        np.testing.assert_array_equal(a["images"], b["images"])
+    assert whole.read_text() == resumed.read_text()
+    header = whole.read_text().splitlines()[0].split(",")
+    assert header[:4] == ["panel_id", "layer", "unit", "path"]
+    info = json.loads((tmp_path / "whole" / "units" / "fc8_0001.json").read_text())
+    assert info["path"] == "panels/fc8_0001.jpg" and 0 <= info["target_share"] <= 1
+    assert Image.open(tmp_path / "whole" / info["path"]).format == "JPEG"
+
+
+def test_other_settings_in_the_same_folder_are_refused(tmp_path):
+    *_, models = tiny_models()
+    generate(models, "fc8", [0], tmp_path, images_per_unit=1, settings=Settings(steps=2),
+             progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        generate(models, "fc8", [0], tmp_path, images_per_unit=1,
+                 settings=Settings(steps=3), progress=False)
+
+
+def test_parse_units():
+    assert parse_units("0-3,7", 10) == [0, 1, 2, 3, 7]
+    assert parse_units("all", 3) == [0, 1, 2]
+    with pytest.raises(ValueError, match="outside 0..9"):
+        parse_units("5-12", 10)
+
+
+def test_caffenet_conv5_centre_sees_163_pixels():
+    with torch.device("meta"):
+        net = caffenet()
+    assert receptive_field(net, "conv5:pre", (6, 6)) == (32, 32, 195, 195)
+    assert receptive_field(net, "conv1:pre", (0, 0)) == (0, 0, 11, 11)
+
+
+def test_grid_places_images_row_by_row():
+    images = np.stack([np.full((2, 3, 3), i, np.uint8) for i in range(6)])
+    out = grid(images, rows=2, cols=3, gap=1, background=255)
+    assert out.shape == (2 * 2 + 1, 3 * 3 + 2, 3)
+    assert out[0, 0, 0] == 0 and out[0, 4, 0] == 1 and out[3, 8, 0] == 5
+    assert out[2, 0, 0] == 255  # the gap between rows
+
+
+def test_practice_panel_of_photos(tmp_path, sample_photos):
+    dogs = [p for p in sample_photos if "n02085620" <= p.stem <= "n02113978"][:20]
+    pixels = photo_panel(dogs, rows=4, cols=5, cell=64)
+    assert pixels.shape == (4 * 64 + 3 * 2, 5 * 64 + 4 * 2, 3)
+    out = tmp_path / "dogs.jpg"
+    assert panels_main(["photos", *map(str, dogs), "--out", str(out), "--cell", "64"]) == 0
+    assert Image.open(out).size == (5 * 64 + 8, 4 * 64 + 6)
+    assert panels_main(["photos", str(dogs[0]), "--out", str(out)]) == 2  # 1 photo, 20 needed
