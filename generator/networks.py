@@ -47,6 +47,7 @@ __all__ = [
     "load_network",
     "load_weights",
     "load_state",
+    "state_dict_from_file",
     "file_sha256",
     "WeightsError",
 ]
@@ -299,7 +300,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _state_dict_from_file(path: str) -> dict[str, torch.Tensor]:
+def state_dict_from_file(path: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
@@ -347,7 +348,7 @@ def load_weights(model: TappedNet, path: str | os.PathLike) -> None:
 
         load_caffe_weights(model, path)
         return
-    state = _state_dict_from_file(path)
+    state = state_dict_from_file(path)
     if all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k.removeprefix("module."): v for k, v in state.items()}
     if any(k.startswith(("features.", "classifier.")) for k in state):

@@ -342,7 +342,8 @@ def load_models(network: str, generator: str, *, weights: str | None = None,
     return Models(classifier, gen.to(device).eval(),
                   lambda x: crop_to_classifier(x, crop_size),
                   classifier.layer_shapes(["fc6"])["fc6"][0],
-                  lambda x: to_pixels(x.detach().cpu()),
+                  # as PPGN saves its images: clip to +-120 around the mean, stretch to 0-255
+                  lambda x: to_pixels(x.detach().cpu(), in_range=(-120, 120)),
                   {"network": network, "network_sha256": net_sum, "generator": generator,
                    "generator_sha256": gen_sum})
 

@@ -1,0 +1,156 @@
+"""Benchmark of the PPGN sampler: chain-steps per second, FLOPs per step, share of peak.
+
+    python benchmarks/ppgn.py [--batches 8 32] [--device cpu|cuda] [--skip-caffenet]
+
+For the demo pair (trained on first use) and for CaffeNet + the DeePSiM
+generator at 227/256 (random weights: speed does not depend on the values), it
+times full sampler steps (G forward, classifier forward to the target,
+backward to h, the update) at each batch size, counts the multiply-adds of one
+chain-step from the layers' shapes, and compares the achieved FLOP rate with
+the machine's measured dense matmul rate (a large float32 torch.mm) in the same
+run. On a GPU it does the same there (say which card when you report it). It
+asserts nothing about time, and states the projected time for the paper's
+5,352 units x 100 images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from generator.ppgn import Models, Sampler, Settings, target_for  # noqa: E402
+
+
+def macs_of(module: nn.Module, x: torch.Tensor, **kwargs) -> int:
+    """Multiply-adds of one forward pass, from the conv and linear layers' shapes."""
+    total = 0
+
+    def hook(m, inputs, output):
+        nonlocal total
+        if isinstance(m, nn.Linear):
+            total += output.numel() * m.in_features
+        elif isinstance(m, nn.Conv2d):
+            kh, kw = m.kernel_size
+            total += output.numel() * (m.in_channels // m.groups) * kh * kw
+        elif isinstance(m, nn.ConvTranspose2d):
+            kh, kw = m.kernel_size
+            total += inputs[0].numel() * (m.out_channels // m.groups) * kh * kw
+
+    handles = [m.register_forward_hook(hook) for m in module.modules()
+               if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d)]
+    try:
+        with torch.no_grad():
+            module(x, **kwargs) if kwargs else module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def matmul_rate(device: torch.device, n: int = 2048) -> float:
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(3):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best
+
+
+def time_steps(models: Models, layer: str, batch: int, steps: int) -> float:
+    """Seconds per sampler step for ``batch`` chains."""
+    target = target_for(models.classifier, layer)
+    sampler = Sampler(models.generator, models.classifier, target,
+                      settings=Settings(steps=steps, eps3=0.0), crop=models.crop,
+                      code_dim=models.code_dim)
+    units = [u % 10 for u in range(batch)]
+    list(sampler.run(units, list(range(batch))))  # warm-up (and the one-off allocations)
+    started = time.perf_counter()
+    list(sampler.run(units, list(range(batch))))
+    if next(models.generator.parameters()).is_cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / steps
+
+
+def flops_per_chain_step(models: Models, layer: str) -> float:
+    target = target_for(models.classifier, layer)
+    device = next(models.generator.parameters()).device
+    h = torch.zeros(1, models.code_dim, device=device)
+    g = macs_of(models.generator, h)
+    x = models.crop(models.generator(h).detach())
+    c = macs_of(models.classifier, x, taps=[target.tap, "fc6"])
+    # forward of G and the classifier, and a backward pass about twice the forward
+    return 2 * 3 * (g + c)
+
+
+def caffenet_models(device: torch.device) -> Models:
+    from generator.deepsim import DeePSiMGenerator, crop_to_classifier, to_pixels
+    from generator.networks import caffenet
+
+    net = caffenet().to(device).eval()
+    gen = DeePSiMGenerator().to(device).eval()
+    for p in [*net.parameters(), *gen.parameters()]:
+        p.requires_grad_(False)
+    return Models(net, gen, lambda x: crop_to_classifier(x, 227), 4096, to_pixels,
+                  {"network": "caffenet (random)", "generator": "deepsim (random)"})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batches", type=int, nargs="+", default=None)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--skip-caffenet", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU ({torch.get_num_threads()} threads)"
+    peak = matmul_rate(device)
+    print(f"device: {card}; measured float32 matmul rate {peak / 1e9:.0f} GFLOP/s")
+    from generator.ppgn import load_models
+
+    pairs = [("demo + demo generator", load_models("demo", "demo", device=device),
+              ["fc8", "fc6", "conv5"], args.batches or [16, 64, 256])]
+    if not args.skip_caffenet:
+        pairs.append(("CaffeNet + DeePSiM (random weights)", caffenet_models(device),
+                      ["fc8", "conv5"], args.batches or ([8, 32] if device.type == "cpu"
+                                                         else [32, 128, 512])))
+    print(f"\n{'pair':38s} {'layer':6s} {'batch':>6s} {'chain-steps/s':>14s} "
+          f"{'GFLOP/chain-step':>17s} {'of peak':>8s}")
+    projection = None
+    for name, models, layers, batches in pairs:
+        for layer in layers:
+            flops = flops_per_chain_step(models, layer)
+            for batch in batches:
+                per_step = time_steps(models, layer, batch, args.steps)
+                rate = batch / per_step
+                print(f"{name:38s} {layer:6s} {batch:6d} {rate:14.1f} {flops / 1e9:17.3f} "
+                      f"{rate * flops / peak:8.1%}")
+                if name.startswith("CaffeNet"):
+                    projection = max(projection or 0.0, rate) if layer == "fc8" else projection
+    if projection:
+        # the paper: 256 conv5 + 4,096 fc6 + 1,000 fc8 units, 100 images each;
+        # fc: 200 steps a chain; conv5: one chain of 1,000 steps a unit
+        chain_steps = (4096 + 1000) * 100 * 200 + 256 * 1000
+        print(f"\nprojected for the paper's 5,352 units x 100 images ({chain_steps:.2e} "
+              f"chain-steps) at the best CaffeNet rate above: {chain_steps / projection / 3600:.1f}"
+              f" hours on this device")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
