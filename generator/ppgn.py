@@ -397,6 +397,24 @@ class _UnitCollector:
         return sorted(self.samples, key=lambda s: s[:4])[:self.keep]
 
 
+def panel_box(models: Models, target: Target) -> tuple[int, int, int, int] | None:
+    """(top, left, bottom, right) of G's image that a conv target sees, or None for fc.
+
+    The receptive field is in the classifier's input, the centre crop of G's image.
+    """
+    from .panels import receptive_field
+
+    if target.location is None:
+        return None
+    top, left, bottom, right = receptive_field(models.classifier, target.tap, target.location)
+    device = next(models.generator.parameters()).device
+    with torch.no_grad():
+        full = models.generator(torch.zeros(1, models.code_dim, device=device)).shape[-2:]
+    _, in_h, in_w = models.classifier.input_shape
+    dy, dx = (full[0] - in_h) // 2, (full[1] - in_w) // 2
+    return top + dy, left + dx, bottom + dy, right + dx
+
+
 def _unit_stem(layer: str, unit: int) -> str:
     return f"{layer}_{unit:04d}"
 
@@ -408,7 +426,7 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
     """AM images and a panel for every unit; returns the manifest once all units are done."""
     from tqdm.auto import tqdm
 
-    from .panels import grid, receptive_field, save_jpeg
+    from .panels import grid, save_jpeg
 
     out = Path(out_dir)
     settings = settings or settings_for(layer)
@@ -439,9 +457,7 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
     mine = [u for i, u in enumerate(units) if i % shard[1] == shard[0]]
     todo = [u for u in mine if not (out / "units" / f"{_unit_stem(layer, u)}.json").exists()]
     rows = [(u, c) for u in todo for c in range(chains_per_unit)]
-    box = None
-    if target.location is not None:
-        box = receptive_field(models.classifier, target.tap, target.location)
+    box = panel_box(models, target)
     sampler = Sampler(models.generator, models.classifier, target, settings=settings,
                       crop=models.crop, code_dim=models.code_dim, seed=seed, layer_name=layer)
     collectors = {u: _UnitCollector(images_per_unit) for u in todo}

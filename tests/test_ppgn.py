@@ -179,3 +179,14 @@ def test_practice_panel_of_photos(tmp_path, sample_photos):
     assert panels_main(["photos", *map(str, dogs), "--out", str(out), "--cell", "64"]) == 0
     assert Image.open(out).size == (5 * 64 + 8, 4 * 64 + 6)
     assert panels_main(["photos", str(dogs[0]), "--out", str(out)]) == 2  # 1 photo, 20 needed
+
+
+def test_conv5_panels_crop_the_receptive_field_inside_the_generators_256_image():
+    from generator.deepsim import DeePSiMGenerator
+
+    with torch.device("meta"):
+        net, gen = caffenet(), DeePSiMGenerator()
+    models = Models(net, gen, lambda x: x, 4096, lambda x: x)
+    box = ppgn.panel_box(models, ppgn.target_for(net, "conv5"))
+    assert box == (32 + 14, 32 + 14, 195 + 14, 195 + 14)  # the classifier sees [14:241]
+    assert ppgn.panel_box(models, ppgn.target_for(net, "fc8")) is None
