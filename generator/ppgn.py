@@ -190,7 +190,7 @@ class Sampler:
     def __init__(self, generator: nn.Module, classifier: nn.Module, target: Target, *,
                  settings: Settings, crop: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  code_tap: str = "fc6", code_dim: int | None = None, seed: int = 0,
-                 layer_name: str | None = None):
+                 layer_name: str | None = None, init_codes: torch.Tensor | None = None):
         self.generator = generator
         self.classifier = classifier
         self.target = target
@@ -200,6 +200,7 @@ class Sampler:
         self.seed = seed
         self.layer_name = layer_name or target.tap
         self.code_dim = code_dim
+        self.init_codes = None if init_codes is None else init_codes.detach().cpu()
         s = settings
         self.terms: list[Term] = [prior, condition(s.eps2), noise(s.eps3)]
 
@@ -208,8 +209,18 @@ class Sampler:
         return next(self.generator.parameters()).device
 
     def _draw_h(self, rngs: list[torch.Generator]) -> torch.Tensor:
-        h = torch.stack([torch.randn(self.code_dim, generator=g).abs() for g in rngs])
-        return (self.settings.h_init * h).clamp(0.0, self.settings.h_max).to(self.device)
+        """Starting codes: each element from a random real code when ``init_codes`` (N, D)
+        are given (a code of no real image, in the range of real ones), else
+        ``h_init * |N(0, 1)|``; clipped to [0, h_max]."""
+        bank = self.init_codes
+        if bank is not None:
+            columns = torch.arange(bank.shape[1])
+            h = torch.stack([bank[torch.randint(0, len(bank), (bank.shape[1],), generator=g),
+                                  columns] for g in rngs])
+        else:
+            h = self.settings.h_init * torch.stack(
+                [torch.randn(self.code_dim, generator=g).abs() for g in rngs])
+        return h.clamp(0.0, self.settings.h_max).to(self.device)
 
     def _draw_eps1(self, rngs: list[torch.Generator]) -> torch.Tensor:
         s = self.settings
@@ -307,6 +318,7 @@ class Models:
     to_pixels: Callable[[torch.Tensor], np.ndarray]  # (B, C, H, W) -> uint8 (B, H, W, C)
     ids: dict = field(default_factory=dict)  # names and checksums, for the record
     second: nn.Module | None = None  # an independent classifier (recognisability)
+    init_codes: torch.Tensor | None = None  # real codes to draw starting points from
 
 
 def load_models(network: str, generator: str, *, weights: str | None = None,
@@ -318,7 +330,7 @@ def load_models(network: str, generator: str, *, weights: str | None = None,
         if (network, generator) != ("demo", "demo"):
             raise ValueError("the demo generator goes with the demo network: "
                              "--network demo --generator demo")
-        from .demo import to_unit_range, trained_demo_network_b
+        from .demo import load_digits_tensors, to_unit_range, trained_demo_network_b
         from .demo_generator import trained_demo_generator
 
         classifier, _, net_sum = load_network("demo", device=device)
@@ -330,10 +342,13 @@ def load_models(network: str, generator: str, *, weights: str | None = None,
                 .numpy()
 
         code_dim = classifier.layer_shapes(["fc6"])["fc6"][0]
+        train, _ = load_digits_tensors("train")
+        with torch.no_grad():
+            codes = classifier(train.to(device), ["fc6"])["fc6"]
         return Models(classifier, gen.to(device).eval(), lambda x: x, code_dim, to_pixels,
                       {"network": "demo", "network_sha256": net_sum, "generator": "demo",
                        "generator_sha256": gen_sum, "second_sha256": second_sum},
-                      second.to(device).eval())
+                      second.to(device).eval(), codes)
     from .deepsim import crop_to_classifier, load_generator, to_pixels
 
     classifier, spec, net_sum = load_network(network, weights, device=device)
@@ -440,7 +455,7 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
     else:
         chains_per_unit = images_per_unit
     record = {"layer": layer, "target": asdict(target), "settings": asdict(settings),
-              "seed": seed, "images_per_unit": images_per_unit,
+              "seed": seed, "init": "real codes" if models.init_codes is not None else "|N(0,1)|", "images_per_unit": images_per_unit,
               "chains_per_unit": chains_per_unit, **models.ids}
     (out / "units").mkdir(parents=True, exist_ok=True)
     (out / "panels").mkdir(parents=True, exist_ok=True)
@@ -459,7 +474,8 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
     rows = [(u, c) for u in todo for c in range(chains_per_unit)]
     box = panel_box(models, target)
     sampler = Sampler(models.generator, models.classifier, target, settings=settings,
-                      crop=models.crop, code_dim=models.code_dim, seed=seed, layer_name=layer)
+                      crop=models.crop, code_dim=models.code_dim, seed=seed, layer_name=layer,
+                      init_codes=models.init_codes)
     collectors = {u: _UnitCollector(images_per_unit) for u in todo}
     chains_left = {u: chains_per_unit for u in todo}
     bar = tqdm(total=len(rows), unit="chain", desc=f"AM {layer}", disable=not progress,

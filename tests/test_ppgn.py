@@ -190,3 +190,13 @@ def test_conv5_panels_crop_the_receptive_field_inside_the_generators_256_image()
     box = ppgn.panel_box(models, ppgn.target_for(net, "conv5"))
     assert box == (32 + 14, 32 + 14, 195 + 14, 195 + 14)  # the classifier sees [14:241]
     assert ppgn.panel_box(models, ppgn.target_for(net, "fc8")) is None
+
+
+def test_starting_codes_mix_elements_of_real_codes():
+    gen, net, _ = tiny_models()
+    bank = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    sampler = Sampler(gen, net, Target("fc8"), settings=Settings(), code_dim=4,
+                      init_codes=bank)
+    h = sampler.start([0] * 50, list(range(50))).h
+    for j in range(4):
+        assert set(h[:, j].tolist()) == {bank[0, j].item(), bank[1, j].item()}
