@@ -177,6 +177,7 @@ class Sample:
     step: int
     activation: float
     image: torch.Tensor  # G(h) of that step, (C, H, W), on the CPU
+    above: bool = True  # the activation reached the threshold (kept samples)
 
 
 class Sampler:
@@ -277,10 +278,11 @@ class Sampler:
             fwd = self.forward(batch)
             batch.h = ppgn_update(batch, fwd, self.terms, s.lr, s.h_max)
             if s.keep_every and step % s.keep_every == 0:
-                after = self.forward_image(batch)
-                for row in torch.nonzero(after[1] >= s.threshold).flatten().tolist():
-                    yield Sample(int(units[row]), int(chains[row]), step,
-                                 float(after[1][row]), after[0][row].cpu())
+                # every row's sample, marked: consumers prefer those above the threshold
+                image, act = self.forward_image(batch)
+                for row in range(batch.size):
+                    yield Sample(int(units[row]), int(chains[row]), step, float(act[row]),
+                                 image[row].cpu(), bool(act[row] >= s.threshold))
             if s.reset_every and step % s.reset_every == 0 and step < s.steps:
                 batch.h = self._draw_h(batch.rngs)
                 batch.eps1 = self._draw_eps1(batch.rngs)
@@ -519,7 +521,7 @@ def _collect(models: Models, samples: list[Sample], collectors, settings: Settin
               if models.second is not None else [None] * len(samples))
     pixels = models.to_pixels(images)
     for s, px, t, t2 in zip(samples, pixels, top, second, strict=True):
-        collectors[s.unit].add(s, px, t, t2, s.activation >= settings.threshold)
+        collectors[s.unit].add(s, px, t, t2, s.above)
 
 
 def _save_unit(out: Path, layer: str, unit: int, collector: _UnitCollector, side: int, box,

@@ -98,9 +98,10 @@ def test_conv_schedule_resets_redraws_eps1_and_keeps_samples_above_threshold():
     sampler = Sampler(gen, net, Target("fc6:pre"), settings=s, code_dim=4)
     samples = list(sampler.run([2, 3], [0, 0]))
     assert [x.step for x in samples if x.unit == 2] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert all(x.above for x in samples)
     high = settings_for("conv5", steps=40, reset_every=10, keep_every=5, threshold=1e9)
-    assert list(Sampler(gen, net, Target("fc6:pre"), settings=high, code_dim=4)
-                .run([2], [0])) == []
+    below = list(Sampler(gen, net, Target("fc6:pre"), settings=high, code_dim=4).run([2], [0]))
+    assert len(below) == 8 and not any(x.above for x in below)
     batch = sampler.start([2, 2], [0, 1])
     assert 1e-6 <= batch.eps1.min() and batch.eps1.max() <= 1e-2
     assert batch.eps1[0] != batch.eps1[1]
