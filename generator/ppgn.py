@@ -191,7 +191,8 @@ class Sampler:
     def __init__(self, generator: nn.Module, classifier: nn.Module, target: Target, *,
                  settings: Settings, crop: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  code_tap: str = "fc6", code_dim: int | None = None, seed: int = 0,
-                 layer_name: str | None = None, init_codes: torch.Tensor | None = None):
+                 layer_name: str | None = None, init_codes: torch.Tensor | None = None,
+                 amp: bool = False):
         self.generator = generator
         self.classifier = classifier
         self.target = target
@@ -202,6 +203,7 @@ class Sampler:
         self.layer_name = layer_name or target.tap
         self.code_dim = code_dim
         self.init_codes = None if init_codes is None else init_codes.detach().cpu()
+        self.amp = amp  # bfloat16 autocast for G and the classifier (h and updates stay fp32)
         s = settings
         self.terms: list[Term] = [prior, condition(s.eps2), noise(s.eps3)]
 
@@ -239,7 +241,7 @@ class Sampler:
 
     def forward(self, batch: Batch) -> Forward:
         h = batch.h.detach().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), self._autocast():
             image = self.generator(h)
             outs = self.classifier(self.crop(image), [self.target.tap, self.code_tap])
             layer = outs[self.target.tap]
@@ -250,8 +252,11 @@ class Sampler:
             act = layer[rows, batch.units]
             p_k = torch.softmax(layer.detach().float(), dim=1)[rows, batch.units]
             (grad,) = torch.autograd.grad((act * (1.0 - p_k)).sum(), h)
-        return Forward(image.detach(), outs[self.code_tap].detach().flatten(1), act.detach(),
-                       grad)
+        return Forward(image.detach().float(), outs[self.code_tap].detach().flatten(1).float(),
+                       act.detach().float(), grad.float())
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def run(self, units: Sequence[int], chains: Sequence[int],
             pad_to: int | None = None) -> Iterator[Sample]:
@@ -295,8 +300,9 @@ class Sampler:
     @torch.no_grad()
     def forward_image(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """G(h) and the target activation for the current h, without gradients."""
-        image = self.generator(batch.h)
-        layer = self.classifier(self.crop(image), [self.target.tap])[self.target.tap]
+        with self._autocast():
+            image = self.generator(batch.h).float()
+            layer = self.classifier(self.crop(image), [self.target.tap])[self.target.tap].float()
         if self.target.location is not None:
             y, x = self.target.location
             layer = layer[:, :, y, x]
@@ -439,7 +445,7 @@ def _unit_stem(layer: str, unit: int) -> str:
 def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Path, *,
              images_per_unit: int = 100, batch_chains: int = 64, seed: int = 0,
              settings: Settings | None = None, shard: tuple[int, int] = (0, 1),
-             progress: bool = True) -> Path | None:
+             amp: bool = False, progress: bool = True) -> Path | None:
     """AM images and a panel for every unit; returns the manifest once all units are done."""
     from tqdm.auto import tqdm
 
@@ -457,7 +463,8 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
     else:
         chains_per_unit = images_per_unit
     record = {"layer": layer, "target": asdict(target), "settings": asdict(settings),
-              "seed": seed, "init": "real codes" if models.init_codes is not None else "|N(0,1)|", "images_per_unit": images_per_unit,
+              "seed": seed, "amp": amp,
+              "init": "real codes" if models.init_codes is not None else "|N(0,1)|", "images_per_unit": images_per_unit,
               "chains_per_unit": chains_per_unit, **models.ids}
     (out / "units").mkdir(parents=True, exist_ok=True)
     (out / "panels").mkdir(parents=True, exist_ok=True)
@@ -477,7 +484,7 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
     box = panel_box(models, target)
     sampler = Sampler(models.generator, models.classifier, target, settings=settings,
                       crop=models.crop, code_dim=models.code_dim, seed=seed, layer_name=layer,
-                      init_codes=models.init_codes)
+                      init_codes=models.init_codes, amp=amp)
     collectors = {u: _UnitCollector(images_per_unit) for u in todo}
     chains_left = {u: chains_per_unit for u in todo}
     bar = tqdm(total=len(rows), unit="chain", desc=f"AM {layer}", disable=not progress,
@@ -574,7 +581,19 @@ def write_manifest(out: Path, layer: str, units: Sequence[int]) -> Path:
             writer.writerow({k: ("" if info.get(k) is None else info.get(k))
                              for k in MANIFEST_COLUMNS})
     os.replace(tmp, path)
+    _combine_manifests(out)
     return path
+
+
+def _combine_manifests(out: Path) -> None:
+    """``manifest.csv``: the finished layers' manifests, one after the other."""
+    layers = sorted(out.glob("manifest_*.csv"))
+    lines = [layers[0].read_text().splitlines()[0]] if layers else []
+    for layer_file in layers:
+        lines += layer_file.read_text().splitlines()[1:]
+    tmp = out / ".manifest.csv.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out / "manifest.csv")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -603,7 +622,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--threshold", type=float)
     parser.add_argument("--shard", default=None, help="I/N: every N-th unit from the I-th")
-    parser.add_argument("--device", help="cpu, cuda ... (default: cuda if present)")
+    parser.add_argument("--device", help="cpu, cuda ... (default: cuda if present; "
+                        "cuda:LOCAL_RANK under torchrun)")
+    parser.add_argument("--amp", action="store_true",
+                        help="bfloat16 autocast for the networks (faster on recent GPUs)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -611,7 +633,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         shard = parse_shard(args.shard) if args.shard else (
             (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
             if "RANK" in os.environ and "WORLD_SIZE" in os.environ else (0, 1))
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = args.device or (
+            (f"cuda:{os.environ['LOCAL_RANK']}" if "LOCAL_RANK" in os.environ else "cuda")
+            if torch.cuda.is_available() else "cpu")
         models = load_models(args.network, args.generator, weights=args.weights, device=device)
         target = target_for(models.classifier, args.layer)
         n_units = models.classifier.layer_shapes([target.tap])[target.tap][0]
@@ -621,7 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest = generate(models, args.layer, units, args.out,
                             images_per_unit=args.images_per_unit, batch_chains=args.batch_chains,
                             seed=args.seed, settings=settings_for(args.layer, **overrides),
-                            shard=shard, progress=not args.quiet)
+                            shard=shard, amp=args.amp, progress=not args.quiet)
     except (ValueError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -201,3 +201,24 @@ def test_starting_codes_mix_elements_of_real_codes():
     h = sampler.start([0] * 50, list(range(50))).h
     for j in range(4):
         assert set(h[:, j].tolist()) == {bank[0, j].item(), bank[1, j].item()}
+
+
+def test_mixed_precision_still_climbs_the_target():
+    gen, net, _ = tiny_models(seed=4)
+    s = Settings(steps=25, eps3=0.0)
+    start = Sampler(gen, net, Target("fc8"), settings=s, code_dim=4)
+    before = start.forward_image(start.start([1, 1], [0, 1]))[1]
+    sampler = Sampler(gen, net, Target("fc8"), settings=s, code_dim=4, amp=True)
+    after = torch.tensor([x.activation for x in sampler.run([1, 1], [0, 1])])
+    assert torch.isfinite(after).all() and (after > before).all()
+
+
+def test_the_layers_manifests_are_combined(tmp_path):
+    *_, models = tiny_models()
+    generate(models, "fc8", [0, 1], tmp_path, images_per_unit=1, settings=Settings(steps=2),
+             progress=False)
+    generate(models, "fc6", [2], tmp_path, images_per_unit=1, settings=Settings(steps=2),
+             progress=False)
+    rows = (tmp_path / "manifest.csv").read_text().splitlines()
+    assert rows[0].startswith("panel_id,layer,unit,path")
+    assert [r.split(",")[0] for r in rows[1:]] == ["fc6_0002", "fc8_0000", "fc8_0001"]
