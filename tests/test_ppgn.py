@@ -222,3 +222,21 @@ def test_the_layers_manifests_are_combined(tmp_path):
     rows = (tmp_path / "manifest.csv").read_text().splitlines()
     assert rows[0].startswith("panel_id,layer,unit,path")
     assert [r.split(",")[0] for r in rows[1:]] == ["fc6_0002", "fc8_0000", "fc8_0001"]
+
+
+def test_batch_independence_holds_for_the_demo_pair_conv_lrn_and_transposed_convs():
+    from generator.demo import demo_network
+    from generator.demo_generator import demo_generator
+
+    torch.manual_seed(3)  # weights do not matter here, the arithmetic does
+    net, gen = demo_network().eval(), demo_generator().eval()
+    for target, settings in ((Target("fc8"), Settings(steps=8, eps3=1e-3)),
+                             (Target("conv5:pre", (3, 3)),
+                              settings_for("conv5", steps=8, reset_every=4, keep_every=4))):
+        sampler = Sampler(gen, net, target, settings=settings, code_dim=128, seed=1)
+        alone = {(s.unit, s.chain, s.step): s.image
+                 for s in sampler.run([4, 4], [0, 1], pad_to=6)}
+        mixed = {(s.unit, s.chain, s.step): s.image
+                 for s in sampler.run([7, 4, 2, 4, 7], [0, 0, 0, 1, 1], pad_to=6)}
+        for key, image in alone.items():
+            assert torch.equal(image, mixed[key]), (target, key)
