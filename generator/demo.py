@@ -40,7 +40,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -327,7 +327,7 @@ def train_demo_network(
         "epochs": round(total / per_epoch, 3), "batch_size": batch_size, "lr": lr,
         "weight_decay": weight_decay, "max_shift": max_shift, "threads": threads,
         "seconds": round(seconds, 3), "final_loss": loss.item(), "torch_version": torch.__version__,
-        "architecture": _architecture_id(model),
+        "architecture": architecture_id(model),
     }
     log.info("demo network %s (seed %d): held-out accuracy %.2f%% after %d steps in %.1f s",
              variant, seed, 100 * accuracy, total, seconds)
@@ -373,24 +373,32 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def _architecture_id(model: nn.Module) -> str:
+def architecture_id(model: nn.Module) -> str:
     """A short fingerprint of a network's layers (its repr): stale caches are retrained."""
     return hashlib.sha256(repr(model).encode()).hexdigest()[:16]
 
 
-def _read_metrics(path: Path) -> dict:
+def read_metrics(path: Path) -> dict:
+    """The JSON beside cached weights (empty when missing or unreadable)."""
     try:
         return json.loads(path.with_suffix(".json").read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _load_cached(path: Path, build: Callable[[], TappedNet]) -> tuple[TappedNet, str]:
+def load_cached(path: Path, build: Callable[[], nn.Module],
+                expect: Mapping[str, str] | None = None) -> tuple[nn.Module, str]:
+    """Cached weights into a fresh ``build()``; (model, sha256 of the file).
+
+    Raises WeightsError (a cache miss) when the recorded architecture or any
+    ``expect`` entry of the JSON differs, or when the file cannot be read.
+    """
     model = build()
-    recorded = _read_metrics(path).get("architecture")
-    if recorded is not None and recorded != _architecture_id(model):
-        raise WeightsError(f"{path}: trained for another architecture ({recorded}, "
-                           f"now {_architecture_id(model)})")
+    metrics = read_metrics(path)
+    wanted = {"architecture": architecture_id(model), **(expect or {})}
+    for key, value in wanted.items():
+        if metrics.get(key) not in (None, value):
+            raise WeightsError(f"{path}: made for another {key} ({metrics[key]}, now {value})")
     blob = path.read_bytes()  # one read: the checksum is that of the weights loaded
     try:
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
@@ -408,11 +416,11 @@ def _trained(variant: str, seed: int | None, root: str | os.PathLike | None) -> 
     path = cached_weights_path(variant, seed, root)
     if path.exists():
         try:
-            model, checksum = _load_cached(path, spec.build)
+            model, checksum = load_cached(path, spec.build)
         except WeightsError as exc:
             log.warning("demo network %s: cached weights unusable, training again: %s", variant, exc)
         else:
-            accuracy = _read_metrics(path).get("held_out_accuracy", float("nan"))
+            accuracy = read_metrics(path).get("held_out_accuracy", float("nan"))
             log.info("demo network %s (seed %d): loaded cached weights %s (held-out accuracy "
                      "%.2f%%)", variant, seed, path, 100 * accuracy)
             return model.eval(), checksum

@@ -56,7 +56,7 @@ from torch import nn
 
 from . import demo
 from .demo import DIGITS_MEAN, DIGITS_SIZE, DIGITS_STD, SPLIT_SEED, load_digits_tensors
-from .networks import TappedNet, WeightsError, load_state
+from .networks import TappedNet, WeightsError
 
 __all__ = [
     "CODE_SIZE",
@@ -310,7 +310,7 @@ def train_demo_generator(
         "held_out_reconstruction_accuracy": recon["accuracy"],
         "held_out_image_mse": recon["image_mse"], "held_out_code_rel_mse": recon["code_rel_mse"],
         "n_train": len(train_x), "n_test": len(test_x), "torch_version": torch.__version__,
-        "architecture": _architecture_id(gen), "network_sha256": network_sha, "am": am,
+        "architecture": demo.architecture_id(gen), "network_sha256": network_sha, "am": am,
     }
     log.info("demo generator (seed %d): held-out reconstructions %.2f%% right after %d steps "
              "in %.1f s", seed, 100 * recon["accuracy"], steps, seconds)
@@ -437,33 +437,8 @@ def cached_generator_path(seed: int = 0, root: str | os.PathLike | None = None) 
     return Path(root if root is not None else demo.cache_dir()) / "demo" / f"demo_generator_seed{int(seed)}.pt"
 
 
-def _architecture_id(model: nn.Module) -> str:
-    return hashlib.sha256(repr(model).encode()).hexdigest()[:16]
-
-
-def _read_metrics(path: Path) -> dict:
-    try:
-        return json.loads(path.with_suffix(".json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _load_cached(path: Path, network_sha: str) -> tuple[DemoGenerator, str]:
-    model = demo_generator()
-    recorded = _read_metrics(path)
-    if recorded.get("architecture") not in (None, _architecture_id(model)):
-        raise WeightsError(f"{path}: trained for another architecture")
-    if recorded.get("network_sha256") not in (None, network_sha):
-        raise WeightsError(f"{path}: trained against other demo network weights")
-    blob = path.read_bytes()
-    try:
-        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a cache miss
-        raise WeightsError(f"{path}: not a PyTorch state dict ({exc})") from None
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a state dict")
-    load_state(model, state, str(path))
-    return model, hashlib.sha256(blob).hexdigest()
+    return demo.load_cached(path, demo_generator, {"network_sha256": network_sha})
 
 
 def trained_demo_generator(seed: int = 0, cache_dir: str | os.PathLike | None = None,
@@ -483,7 +458,7 @@ def trained_demo_generator(seed: int = 0, cache_dir: str | os.PathLike | None = 
         except WeightsError as exc:
             log.warning("demo generator: cached weights unusable, training again: %s", exc)
         else:
-            accuracy = _read_metrics(path).get("held_out_reconstruction_accuracy", float("nan"))
+            accuracy = demo.read_metrics(path).get("held_out_reconstruction_accuracy", float("nan"))
             log.info("demo generator (seed %d): loaded cached weights %s (held-out "
                      "reconstructions %.2f%% right)", seed, path, 100 * accuracy)
             return model.eval(), checksum
