@@ -198,7 +198,7 @@ def test_cache_round_trip_and_retraining(tmp_path, monkeypatch, caplog, fake_net
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="generator.demo_generator"):
         trained_demo_generator(seed=5, cache_dir=tmp_path)
-    assert "other demo network weights" in caplog.text
+    assert "made for another network_sha256" in caplog.text
     assert json.loads(path.with_suffix(".json").read_text())["network_sha256"] == "b" * 64
     # an unreadable file is trained again
     path.write_bytes(b"not a state dict")
