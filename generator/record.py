@@ -28,7 +28,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -46,7 +45,7 @@ from analysis.activations import TableWriter, unit_chunk_width
 from .images import ImageSet, ImageSetError, collate, load_image_set
 from .networks import TappedNet, WeightsError, load_network
 
-__all__ = ["record", "join_segments", "reduce_activation", "RecordError", "main",
+__all__ = ["record", "join_segments", "reduce_activation", "RecordError", "JoinInProgress", "main",
            "DEFAULT_LAYERS"]
 
 log = logging.getLogger(__name__)
@@ -220,7 +219,11 @@ def record(
     if missing:
         log.info("%d segment(s) left to other shards; join once they are done", len(missing))
         return None
-    return join_segments(out, mode=join)
+    try:
+        return join_segments(out, mode=join)
+    except JoinInProgress as exc:
+        log.info("%s", exc)
+        return None
 
 
 def _version() -> str:
@@ -314,6 +317,26 @@ def join_segments(out: str | os.PathLike, *, mode: str = "auto") -> Path:
     if missing:
         raise RecordError(f"cannot join {out}: {len(missing)} segment(s) missing, e.g. "
                           f"{missing[0]}; run the recording (all shards) to the end")
+    lock = parts / "join.lock"  # shards finishing together: one of them joins
+    try:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        raise JoinInProgress(f"{lock} exists: another process is joining {out} (if it died, "
+                             "remove the lock and run with --join-only)") from None
+    try:
+        result = _join(out, parts, plan, files, mode)
+    finally:
+        lock.unlink(missing_ok=True)
+    if not any(parts.iterdir()):  # a copied join leaves nothing behind
+        parts.rmdir()
+    return result
+
+
+class JoinInProgress(RecordError):
+    """Another process holds the join lock."""
+
+
+def _join(out: Path, parts: Path, plan: dict, files: list[Path], mode: str) -> Path:
     segs = [h5py.File(f, "r") for f in files]
     try:
         rows = [len(s["labels"]) for s in segs]
@@ -353,7 +376,9 @@ def join_segments(out: str | os.PathLike, *, mode: str = "auto") -> Path:
             s.close()
     os.replace(tmp, out)
     if copy:
-        shutil.rmtree(parts)
+        for f in files:
+            f.unlink()
+        (parts / "manifest.json").unlink()
     log.info("%s: %d images kept of %d (%d skipped), %s", out, total, plan["n_inputs"],
              len(skipped), "one file" if copy else f"virtual, over {parts}")
     return out

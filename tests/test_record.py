@@ -191,3 +191,22 @@ def test_demo_network_over_digits_gives_a_table_the_engine_reads(tmp_path):
     # the output units are the classes: each is most selective for its own digit
     assert (fc8.ccmas_class.to_numpy() == np.arange(10)).all()
     assert (fc8.top_class.to_numpy() == np.arange(10)).all()
+
+
+def test_only_one_process_joins(tmp_path, photos_csv):
+    out = tmp_path / "t.h5"
+    torch.manual_seed(0)
+    record("caffenet", str(photos_csv), out, segment_images=6, shard=(0, 2), **FAST)
+    torch.manual_seed(0)
+    record("caffenet", str(photos_csv), out, segment_images=6, shard=(1, 2), **FAST)
+    assert out.exists()
+    again = tmp_path / "u.h5"
+    torch.manual_seed(0)
+    record("caffenet", str(photos_csv), again, segment_images=6, shard=(0, 2), **FAST)
+    (tmp_path / "u.h5.parts" / "join.lock").write_text("")  # another shard is joining
+    torch.manual_seed(0)
+    assert record("caffenet", str(photos_csv), again, segment_images=6, shard=(1, 2),
+                  **FAST) is None
+    assert not again.exists()
+    with pytest.raises(rec.JoinInProgress, match="another process is joining"):
+        rec.join_segments(again)
