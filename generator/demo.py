@@ -40,7 +40,8 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -285,41 +286,33 @@ def train_demo_network(
     per_epoch = -(-len(train_x) // batch_size)
     total = int(steps) if steps is not None else (epochs or spec.epochs) * per_epoch
 
-    old_threads = torch.get_num_threads()
-    old_deterministic = torch.are_deterministic_algorithms_enabled()
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(True)
-        try:
-            torch.manual_seed(seed)  # initial weights and dropout
-            data_rng = torch.Generator().manual_seed(seed)  # batches and shifts
-            model = spec.build()
-            model.train()
-            optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total)
-            done, loss = 0, torch.tensor(float("nan"))
-            while done < total:
-                order = torch.randperm(len(train_x), generator=data_rng)
-                for i in range(0, len(order), batch_size):
-                    if done == total:
-                        break
-                    idx = order[i:i + batch_size]
-                    x = _random_shifts(train_x[idx], max_shift, data_rng)
-                    loss = F.cross_entropy(model(x, taps=("fc8",))["fc8"], train_y[idx])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
-                    done += 1
-                log.debug("demo %s: step %d/%d, loss %.4f", variant, done, total, loss.item())
-            model.eval()
-            seconds = time.perf_counter() - start
-            accuracy = evaluate(model, test_x, test_y)
-            train_accuracy = evaluate(model, train_x, train_y)
-        finally:
-            torch.set_num_threads(old_threads)
-            torch.use_deterministic_algorithms(old_deterministic)
+    with deterministic(threads):
+        torch.manual_seed(seed)  # initial weights and dropout
+        data_rng = torch.Generator().manual_seed(seed)  # batches and shifts
+        model = spec.build()
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total)
+        done, loss = 0, torch.tensor(float("nan"))
+        while done < total:
+            order = torch.randperm(len(train_x), generator=data_rng)
+            for i in range(0, len(order), batch_size):
+                if done == total:
+                    break
+                idx = order[i:i + batch_size]
+                x = _random_shifts(train_x[idx], max_shift, data_rng)
+                loss = F.cross_entropy(model(x, taps=("fc8",))["fc8"], train_y[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                done += 1
+            log.debug("demo %s: step %d/%d, loss %.4f", variant, done, total, loss.item())
+        model.eval()
+        seconds = time.perf_counter() - start
+        accuracy = evaluate(model, test_x, test_y)
+        train_accuracy = evaluate(model, train_x, train_y)
     metrics = {
         "variant": variant, "seed": seed, "split_seed": split_seed,
         "held_out_accuracy": accuracy, "train_accuracy": train_accuracy,
@@ -371,6 +364,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+@contextmanager
+def deterministic(threads: int) -> Iterator[None]:
+    """Fixed thread count, deterministic algorithms and a forked random state for the
+    block; the caller's thread count, flag and random state come back afterwards."""
+    old_threads = torch.get_num_threads()
+    old_deterministic = torch.are_deterministic_algorithms_enabled()
+    with torch.random.fork_rng(devices=[]):
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old_threads)
+            torch.use_deterministic_algorithms(old_deterministic)
 
 
 def architecture_id(model: nn.Module) -> str:

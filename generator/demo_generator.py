@@ -229,78 +229,70 @@ def train_demo_generator(
     train_x, _ = load_digits_tensors("train", split_seed)
     test_x, test_y = load_digits_tensors("test", split_seed)
 
-    old_threads = torch.get_num_threads()
-    old_deterministic = torch.are_deterministic_algorithms_enabled()
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(True)
-        try:
-            torch.manual_seed(seed)  # initial weights
-            rng = torch.Generator().manual_seed(seed)  # batches, shifts, perturbations
-            enc = _frozen_copy(network)
-            gen = demo_generator().train()
-            opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
-            if adversarial_weight > 0:
-                disc = demo_discriminator().train()
-                opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=steps)
-            n_pert = int(round(perturbed_share * batch_size))
-            order = torch.randperm(len(train_x), generator=rng)
-            pos = 0
-            losses: dict[str, float] = {}
-            for step in range(steps):
-                if pos + batch_size > len(order):
-                    order, pos = torch.randperm(len(train_x), generator=rng), 0
-                idx = order[pos:pos + batch_size]
-                pos += batch_size
-                x = demo._random_shifts(train_x[idx], max_shift, rng)
-                with torch.no_grad():
-                    h = enc(x, taps=("fc6",))["fc6"]
-                h_in = h.clone()
-                if n_pert:
-                    h_in[:n_pert] = _perturbed_codes(h[:n_pert], rng, noise)
-                out = gen(h_in)
-                image_loss = F.mse_loss(out, x)
-                feat = enc(out, taps=("fc6",))["fc6"]
-                feature_loss = F.mse_loss(feat, h) / (h ** 2).mean().clamp_min(1e-6)
-                loss = image_loss + feature_weight * feature_loss
-                adversarial = adversarial_weight > 0 and step >= adversarial_start
-                if adversarial:
-                    fake = gen(_off_manifold_codes(h, rng))
-                    g_adv = F.softplus(-disc(torch.cat([fake, out]))).mean()
-                    loss = loss + adversarial_weight * g_adv
-                opt_g.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_g.step()
-                sched.step()
-                if adversarial:
-                    d_real = disc(x)
-                    d_fake = disc(torch.cat([fake, out]).detach())
-                    d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-                    opt_d.zero_grad(set_to_none=True)
-                    d_loss.backward()
-                    opt_d.step()
-                    losses["discriminator"] = d_loss.item()
-                    losses["adversarial"] = g_adv.item()
-                losses["image"] = image_loss.item()
-                losses["feature"] = feature_loss.item()
-                if (step + 1) % 100 == 0:
-                    log.debug("demo generator: step %d/%d, %s", step + 1, steps,
-                              ", ".join(f"{k} {v:.4f}" for k, v in sorted(losses.items())))
-            gen.eval()
-            seconds = time.perf_counter() - start
-            recon = evaluate_reconstruction(gen, enc, test_x, test_y)
-            am = None
-            if am_chains_per_class > 0:
-                if second_network is None:
-                    second_network, _ = demo.trained_demo_network_b()
-                am = evaluate_am(gen, enc, second_network, chains_per_class=am_chains_per_class,
-                                 seed=seed, threads=threads, split_seed=split_seed)
-                am.pop("images")
-        finally:
-            torch.set_num_threads(old_threads)
-            torch.use_deterministic_algorithms(old_deterministic)
+    with demo.deterministic(threads):
+        torch.manual_seed(seed)  # initial weights
+        rng = torch.Generator().manual_seed(seed)  # batches, shifts, perturbations
+        enc = _frozen_copy(network)
+        gen = demo_generator().train()
+        opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
+        if adversarial_weight > 0:
+            disc = demo_discriminator().train()
+            opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=steps)
+        n_pert = int(round(perturbed_share * batch_size))
+        order = torch.randperm(len(train_x), generator=rng)
+        pos = 0
+        losses: dict[str, float] = {}
+        for step in range(steps):
+            if pos + batch_size > len(order):
+                order, pos = torch.randperm(len(train_x), generator=rng), 0
+            idx = order[pos:pos + batch_size]
+            pos += batch_size
+            x = demo._random_shifts(train_x[idx], max_shift, rng)
+            with torch.no_grad():
+                h = enc(x, taps=("fc6",))["fc6"]
+            h_in = h.clone()
+            if n_pert:
+                h_in[:n_pert] = _perturbed_codes(h[:n_pert], rng, noise)
+            out = gen(h_in)
+            image_loss = F.mse_loss(out, x)
+            feat = enc(out, taps=("fc6",))["fc6"]
+            feature_loss = F.mse_loss(feat, h) / (h ** 2).mean().clamp_min(1e-6)
+            loss = image_loss + feature_weight * feature_loss
+            adversarial = adversarial_weight > 0 and step >= adversarial_start
+            if adversarial:
+                fake = gen(_off_manifold_codes(h, rng))
+                g_adv = F.softplus(-disc(torch.cat([fake, out]))).mean()
+                loss = loss + adversarial_weight * g_adv
+            opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_g.step()
+            sched.step()
+            if adversarial:
+                d_real = disc(x)
+                d_fake = disc(torch.cat([fake, out]).detach())
+                d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+                losses["discriminator"] = d_loss.item()
+                losses["adversarial"] = g_adv.item()
+            losses["image"] = image_loss.item()
+            losses["feature"] = feature_loss.item()
+            if (step + 1) % 100 == 0:
+                log.debug("demo generator: step %d/%d, %s", step + 1, steps,
+                          ", ".join(f"{k} {v:.4f}" for k, v in sorted(losses.items())))
+        gen.eval()
+        seconds = time.perf_counter() - start
+        recon = evaluate_reconstruction(gen, enc, test_x, test_y)
+        am = None
+        if am_chains_per_class > 0:
+            if second_network is None:
+                second_network, _ = demo.trained_demo_network_b()
+            am = evaluate_am(gen, enc, second_network, chains_per_class=am_chains_per_class,
+                             seed=seed, threads=threads, split_seed=split_seed)
+            am.pop("images")
     metrics = {
         "seed": seed, "split_seed": split_seed, "steps": steps, "batch_size": batch_size,
         "lr": lr, "feature_weight": feature_weight, "noise": noise,
