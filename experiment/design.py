@@ -1,0 +1,794 @@
+"""The rating study's design: panels manifest to lists, targets and practice panels.
+
+DESIGN.md §1 (step 4) and §6. A *design* deals every panel of a panels manifest
+(after optional per-layer sampling) into exactly one of ``n_lists`` lists, so that
+each layer is spread as evenly as possible over the lists, and gives every list a
+participant target, the targets summing to the number of participants. For the
+paper's numbers (256 conv5, 995 fc8, 2,048 of 4,096 fc6; 64 lists; 333
+participants) every list holds 4 conv5, 32 fc6 and 15 or 16 fc8 panels, and 51
+lists target 5 participants, 13 lists 6.
+
+Inputs
+    *Panels manifest* (CSV): columns ``panel_id, layer, unit, path`` (others are
+    ignored). Every cell is read as text; ``unit`` must be a non-negative integer.
+    A relative ``path`` is relative to the manifest's own directory.
+    *Practice manifest* (CSV): ``panel_id, path`` and optionally ``label``; the
+    first ``practice_trials`` rows (file order) are the practice trials.
+
+Dealing (deterministic for a seed; one ``numpy.random.default_rng(seed)``)
+    1. Sampling: for each layer named in ``sample`` (layer order), ``N`` panels
+       drawn uniformly without replacement; other layers are kept whole.
+    2. Layers in order of first appearance. Per layer: shuffle its panels;
+       ``q, r = divmod(n_layer, n_lists)``; every list gets ``q``, and the ``r``
+       extra panels go to the ``r`` lists holding the fewest panels so far (ties
+       broken by a random permutation of the lists). Hence per-layer counts and
+       list sizes each differ by at most one between lists.
+    3. Targets: ``q, r = divmod(participants, n_lists)``; ``r`` random lists get
+       ``q + 1``, the others ``q``.
+
+Output (``study.json``, written atomically), format ``selectivity-study/1``::
+
+    {"format": "selectivity-study/1", "seed": 0, "created": "<ISO-8601 UTC>",
+     "participants": 333, "practice_trials": 6, "sample": {"fc6": 2048},
+     "source": {"panels": "<manifest as given>", "practice": "<manifest as given>"},
+     "layers": ["conv5", "fc6", "fc8"],
+     "panels": {"<id>": {"layer": "fc6", "unit": 12, "path": "...", "sha256": "..."}},
+     "practice": ["<id>", ...],
+     "practice_panels": {"<id>": {"path": "...", "label": "<label or null>", "sha256": "..."}},
+     "lists": [{"id": 1, "target": 5, "panels": ["<id>", ...]}, ...]}
+
+In the file every ``path`` is relative to the file's own directory (``..``
+allowed), so a study folder can be moved as a whole; :func:`load_study` turns them
+back into absolute paths. In memory (:func:`build_design`, :func:`load_study`)
+paths are absolute.
+
+API: :func:`read_panels`, :func:`read_practice` (file I/O), :func:`build_design`
+(pure), :func:`validate_design`, :func:`check_files`, :func:`write_study`,
+:func:`load_study`, :func:`summary`. Everything a user can get wrong raises
+:class:`DesignError` naming what is wrong, where, and how to fix it.
+
+Command line::
+
+    python -m experiment.design --panels P.csv --practice Q.csv --lists 64 \\
+        --participants 333 [--sample fc6=2048] [--seed 0] --out study.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+__all__ = [
+    "FORMAT",
+    "PANEL_COLUMNS",
+    "PRACTICE_COLUMNS",
+    "DesignError",
+    "build_design",
+    "check_files",
+    "load_study",
+    "main",
+    "parse_sample",
+    "read_panels",
+    "read_practice",
+    "summary",
+    "validate_design",
+    "write_study",
+]
+
+log = logging.getLogger("experiment.design")  # also under python -m
+
+#: The value of ``"format"`` in every study file this module writes and reads.
+FORMAT = "selectivity-study/1"
+
+#: Required columns of a panels manifest.
+PANEL_COLUMNS = ("panel_id", "layer", "unit", "path")
+
+#: Required columns of a practice manifest (``label`` is optional).
+PRACTICE_COLUMNS = ("panel_id", "path")
+
+#: Keys every study dict must have.
+STUDY_KEYS = ("format", "seed", "participants", "practice_trials", "layers", "panels",
+              "practice", "practice_panels", "lists")
+
+#: How many individual problems an error message lists before summarising.
+MAX_LISTED = 10
+
+CLI = "python -m experiment.design"
+
+
+class DesignError(ValueError):
+    """A design request, manifest or study file that cannot be used as it is."""
+
+
+# ---------------------------------------------------------------------------
+# Small helpers
+
+
+def _listing(problems: Sequence[str], limit: int = MAX_LISTED) -> str:
+    """The first ``limit`` problems, one per line, and a count of the rest."""
+    lines = [f"  - {p}" for p in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"  ... and {len(problems) - limit} more")
+    return "\n".join(lines)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _spread(values: Iterable[int]) -> str:
+    """``"4"`` or ``"15-16"``: the min and max of some counts."""
+    values = list(values)
+    if not values:
+        return "-"
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _where(frame: pd.DataFrame, default: str) -> str:
+    """The manifest a DataFrame came from (set by the readers), for messages."""
+    return str(frame.attrs.get("source", default))
+
+
+# ---------------------------------------------------------------------------
+# Reading manifests (file I/O)
+
+
+def _read_csv(path: str | os.PathLike, kind: str, required: Sequence[str]) -> pd.DataFrame:
+    """A manifest as text cells, stripped, with its required columns checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise DesignError(f"{path}: no such {kind} manifest (a CSV file); check the path")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise DesignError(
+            f"{path}: the {kind} manifest is empty; it needs a header row "
+            f"({', '.join(required)}) and one row per panel") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DesignError(f"{path}: cannot read the {kind} manifest as UTF-8 CSV ({exc}); "
+                          "fix the file") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DesignError(
+            f"{path}: the {kind} manifest lacks column(s) {', '.join(missing)} "
+            f"(found: {', '.join(frame.columns) or 'none'}); it needs {', '.join(required)}")
+    if frame.empty:
+        raise DesignError(f"{path}: the {kind} manifest has a header but no rows; "
+                          "add one row per panel")
+    frame = frame.apply(lambda col: col.str.strip())
+    return frame.reset_index(drop=True)
+
+
+def _empty_cells(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    problems = []
+    for col in columns:
+        for i in np.flatnonzero(frame[col].to_numpy() == ""):
+            problems.append(f"line {i + 2}: empty {col}")
+    return problems
+
+
+def _duplicates(ids: Sequence[str]) -> list[str]:
+    """``"'a' (lines 2, 5)"`` for every id that occurs more than once."""
+    lines: dict[str, list[int]] = {}
+    for i, pid in enumerate(ids):
+        lines.setdefault(pid, []).append(i + 2)
+    return [f"{pid!r} (lines {', '.join(map(str, at))})"
+            for pid, at in lines.items() if len(at) > 1]
+
+
+def _absolute_paths(frame: pd.DataFrame, manifest: Path) -> pd.Series:
+    base = os.path.abspath(manifest.parent)
+    return frame["path"].map(lambda p: os.path.normpath(os.path.join(base, p)))
+
+
+def read_panels(path: str | os.PathLike) -> pd.DataFrame:
+    """The panels manifest: ``panel_id, layer, unit (int), path (absolute str)``.
+
+    Rows keep the file's order; extra columns are dropped. ``frame.attrs["source"]``
+    holds ``path`` as given.
+    """
+    frame = _read_csv(path, "panels", PANEL_COLUMNS)
+    problems = _empty_cells(frame, PANEL_COLUMNS)
+    for i, unit in enumerate(frame["unit"]):
+        if unit and not unit.isdigit():
+            problems.append(f"line {i + 2}: unit {unit!r} is not a non-negative integer")
+    if problems:
+        raise DesignError(f"{path}: {len(problems)} bad cell(s) in the panels manifest; "
+                          f"fix them:\n{_listing(problems)}")
+    dups = _duplicates(list(frame["panel_id"]))
+    if dups:
+        raise DesignError(f"{path}: duplicate panel_id value(s) in the panels manifest; every "
+                          f"panel needs its own id:\n{_listing(dups)}")
+    out = pd.DataFrame({
+        "panel_id": frame["panel_id"],
+        "layer": frame["layer"],
+        "unit": frame["unit"].astype(int),
+        "path": _absolute_paths(frame, Path(path)),
+    })
+    out.attrs["source"] = str(path)
+    log.info("%s: %d panels in %d layer(s)", path, len(out), out["layer"].nunique())
+    return out
+
+
+def read_practice(path: str | os.PathLike) -> pd.DataFrame:
+    """The practice manifest: ``panel_id, path (absolute str), label (str or None)``."""
+    frame = _read_csv(path, "practice", PRACTICE_COLUMNS)
+    problems = _empty_cells(frame, PRACTICE_COLUMNS)
+    if problems:
+        raise DesignError(f"{path}: {len(problems)} bad cell(s) in the practice manifest; "
+                          f"fix them:\n{_listing(problems)}")
+    dups = _duplicates(list(frame["panel_id"]))
+    if dups:
+        raise DesignError(f"{path}: duplicate panel_id value(s) in the practice manifest; "
+                          f"every practice panel needs its own id:\n{_listing(dups)}")
+    labels = frame["label"] if "label" in frame.columns else pd.Series([""] * len(frame))
+    out = pd.DataFrame({
+        "panel_id": frame["panel_id"],
+        "path": _absolute_paths(frame, Path(path)),
+        "label": [lab or None for lab in labels],
+    })
+    out.attrs["source"] = str(path)
+    log.info("%s: %d practice panels", path, len(out))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The design (pure)
+
+
+def _check_request(n_lists: int, participants: int, practice_trials: int, seed: int) -> None:
+    if not _is_int(n_lists) or n_lists < 1:
+        raise DesignError(f"lists = {n_lists!r} (--lists): the number of lists must be an "
+                          "integer of at least 1")
+    if not _is_int(participants) or participants < 0:
+        raise DesignError(f"participants = {participants!r} (--participants): the number of "
+                          "participants must be an integer of 0 or more")
+    if not _is_int(practice_trials) or practice_trials < 0:
+        raise DesignError(f"practice_trials = {practice_trials!r} (--practice-trials): must "
+                          "be an integer of 0 or more")
+    if not _is_int(seed) or seed < 0:
+        raise DesignError(f"seed = {seed!r} (--seed): must be an integer of 0 or more")
+
+
+def _check_frame(frame: pd.DataFrame, required: Sequence[str], kind: str) -> None:
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DesignError(f"{_where(frame, f'the {kind} manifest')}: missing column(s) "
+                          f"{', '.join(missing)}; a {kind} manifest needs {', '.join(required)}")
+    dups = _duplicates([str(p) for p in frame["panel_id"]])
+    if dups:
+        raise DesignError(f"{_where(frame, f'the {kind} manifest')}: duplicate panel_id "
+                          f"value(s); every panel needs its own id:\n{_listing(dups)}")
+
+
+def _panels_by_layer(panels: pd.DataFrame) -> dict[str, list[int]]:
+    """Row positions of each layer's panels, layers in order of first appearance."""
+    by_layer: dict[str, list[int]] = {}
+    for i, layer in enumerate(panels["layer"]):
+        by_layer.setdefault(str(layer), []).append(i)
+    return by_layer
+
+
+def _check_sample(sample: Mapping[str, int], by_layer: Mapping[str, list[int]],
+                  where: str) -> None:
+    for layer, n in sample.items():
+        if layer not in by_layer:
+            raise DesignError(
+                f"--sample {layer}={n}: {where} has no layer {layer!r} (its layers: "
+                f"{', '.join(by_layer)}); name one of those")
+        if not _is_int(n) or n < 1:
+            raise DesignError(f"--sample {layer}={n}: the sample size must be an integer of at "
+                              "least 1; to leave a layer out, remove its rows from the manifest")
+        if n > len(by_layer[layer]):
+            raise DesignError(
+                f"--sample {layer}={n}: layer {layer!r} has only {len(by_layer[layer])} "
+                f"panels in {where}; ask for at most {len(by_layer[layer])}")
+
+
+def _sample(by_layer: Mapping[str, list[int]], sample: Mapping[str, int],
+            rng: np.random.Generator) -> dict[str, list[int]]:
+    """Each sampled layer's chosen rows (in manifest order); other layers whole."""
+    chosen = {}
+    for layer, rows in by_layer.items():
+        if layer in sample:
+            picks = np.sort(rng.choice(len(rows), size=sample[layer], replace=False))
+            chosen[layer] = [rows[i] for i in picks]
+        else:
+            chosen[layer] = list(rows)
+    return chosen
+
+
+def _deal(layers: Sequence[Sequence[str]], n_lists: int,
+          rng: np.random.Generator) -> list[list[str]]:
+    """Deal each layer's panel ids over ``n_lists`` lists (see the module docstring)."""
+    lists: list[list[str]] = [[] for _ in range(n_lists)]
+    totals = np.zeros(n_lists, dtype=np.int64)
+    for ids in layers:
+        shuffled = [ids[i] for i in rng.permutation(len(ids))]
+        q, r = divmod(len(ids), n_lists)
+        tiebreak = rng.permutation(n_lists)
+        extra = np.zeros(n_lists, dtype=np.int64)
+        extra[np.lexsort((tiebreak, totals))[:r]] = 1  # fewest first, then the tie-break
+        start = 0
+        for k in range(n_lists):
+            take = q + int(extra[k])
+            lists[k].extend(shuffled[start:start + take])
+            start += take
+        totals += q + extra
+    return lists
+
+
+def _targets(participants: int, n_lists: int, rng: np.random.Generator) -> list[int]:
+    q, r = divmod(participants, n_lists)
+    targets = np.full(n_lists, q, dtype=np.int64)
+    targets[rng.choice(n_lists, size=r, replace=False)] += 1
+    return [int(t) for t in targets]
+
+
+def _practice(practice: pd.DataFrame, practice_trials: int,
+              main_ids: set[str]) -> tuple[list[str], dict[str, dict]]:
+    where = _where(practice, "the practice manifest")
+    if len(practice) < practice_trials:
+        raise DesignError(
+            f"practice_trials = {practice_trials} (--practice-trials) but {where} has only "
+            f"{len(practice)} practice panel(s); add rows to it or ask for fewer trials")
+    chosen = practice.iloc[:practice_trials]
+    ids = [str(p) for p in chosen["panel_id"]]
+    clash = [p for p in ids if p in main_ids]
+    if clash:
+        raise DesignError(
+            f"{where}: practice panel id(s) {', '.join(map(repr, clash[:MAX_LISTED]))} are also "
+            "main panel ids; rename them so that every id is unique across both manifests")
+    labels = chosen["label"] if "label" in chosen.columns else [None] * len(chosen)
+    entries = {}
+    for pid, path, label in zip(ids, chosen["path"], labels, strict=True):
+        entries[pid] = {"path": os.path.abspath(str(path)),
+                        "label": None if label is None or pd.isna(label) or label == ""
+                        else str(label)}
+    return ids, entries
+
+
+def _to_unit(value: Any, pid: str) -> int:
+    try:
+        unit = int(value)
+    except (TypeError, ValueError):
+        unit = -1
+    if unit < 0 or str(value).strip() not in (str(unit), f"{unit}.0"):
+        raise DesignError(f"panel {pid!r}: unit {value!r} is not a non-negative integer")
+    return unit
+
+
+def build_design(panels: pd.DataFrame, practice: pd.DataFrame, n_lists: int,
+                 participants: int, sample: Mapping[str, int] | None = None, seed: int = 0,
+                 practice_trials: int = 6) -> dict:
+    """The study dict for a request: absolute paths, no sha256, no file I/O.
+
+    ``panels`` has columns ``panel_id, layer, unit, path``; ``practice`` has
+    ``panel_id, path`` and optionally ``label`` (as :func:`read_panels` and
+    :func:`read_practice` return them). Raises :class:`DesignError` for an
+    impossible request.
+    """
+    sample = dict(sample or {})
+    _check_request(n_lists, participants, practice_trials, seed)
+    _check_frame(panels, PANEL_COLUMNS, "panels")
+    _check_frame(practice, PRACTICE_COLUMNS, "practice")
+    where = _where(panels, "the panels manifest")
+    if panels.empty:
+        raise DesignError(f"{where}: no panels; the manifest needs one row per panel")
+    by_layer = _panels_by_layer(panels)
+    _check_sample(sample, by_layer, where)
+
+    rng = np.random.default_rng(seed)
+    chosen = _sample(by_layer, sample, rng)
+    n_panels = sum(len(rows) for rows in chosen.values())
+    if n_lists > n_panels:
+        raise DesignError(
+            f"lists = {n_lists} (--lists) but the design has only {n_panels} panels"
+            f"{' after sampling' if sample else ''}, and every list needs at least one; "
+            f"ask for at most {n_panels} lists")
+    ids = [str(p) for p in panels["panel_id"]]
+    dealt = _deal([[ids[i] for i in rows] for rows in chosen.values()], n_lists, rng)
+    targets = _targets(participants, n_lists, rng)
+    practice_ids, practice_panels = _practice(practice, practice_trials, set(ids))
+
+    in_design = sorted(i for rows in chosen.values() for i in rows)
+    panel_entries = {
+        ids[i]: {"layer": str(panels["layer"].iat[i]),
+                 "unit": _to_unit(panels["unit"].iat[i], ids[i]),
+                 "path": os.path.abspath(str(panels["path"].iat[i]))}
+        for i in in_design
+    }
+    return {
+        "format": FORMAT,
+        "seed": int(seed),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "participants": int(participants),
+        "practice_trials": int(practice_trials),
+        "sample": {layer: int(sample[layer]) for layer in by_layer if layer in sample},
+        "source": {"panels": panels.attrs.get("source"),
+                   "practice": practice.attrs.get("source")},
+        "layers": list(by_layer),
+        "panels": panel_entries,
+        "practice": practice_ids,
+        "practice_panels": practice_panels,
+        "lists": [{"id": k + 1, "target": targets[k], "panels": dealt[k]}
+                  for k in range(n_lists)],
+    }
+
+
+# ---------------------------------------------------------------------------
+# Validation
+
+
+def _structure_problems(study: Mapping) -> list[str]:
+    missing = [k for k in STUDY_KEYS if k not in study]
+    if missing:
+        return [f"missing key(s) {', '.join(missing)}"]
+    problems = []
+    kinds = {"layers": list, "panels": dict, "practice": list, "practice_panels": dict,
+             "lists": list}
+    for key, kind in kinds.items():
+        if not isinstance(study[key], kind):
+            problems.append(f"{key!r} must be a JSON {'array' if kind is list else 'object'}")
+    for key in ("participants", "practice_trials"):
+        if not _is_int(study[key]) or study[key] < 0:
+            problems.append(f"{key!r} must be an integer of 0 or more, not {study[key]!r}")
+    sample = study.get("sample") or {}
+    if not (isinstance(sample, dict) and all(_is_int(n) for n in sample.values())):
+        problems.append("'sample' must be an object of layer: integer")
+    if problems:
+        return problems
+    for pid, entry in study["panels"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
+                and entry.get("layer") in study["layers"]
+                and _is_int(entry.get("unit")) and entry["unit"] >= 0):
+            problems.append(f"panel {pid!r}: needs a layer among 'layers', a non-negative "
+                            "integer unit and a path")
+    for pid, entry in study["practice_panels"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)):
+            problems.append(f"practice panel {pid!r}: needs a path")
+    for k, lst in enumerate(study["lists"]):
+        if not (isinstance(lst, dict) and _is_int(lst.get("id")) and _is_int(lst.get("target"))
+                and lst["target"] >= 0 and isinstance(lst.get("panels"), list)):
+            problems.append(f"list #{k + 1}: needs an integer id, a non-negative integer "
+                            "target and a panels array")
+    if not study["lists"]:
+        problems.append("no lists")
+    return problems
+
+
+def _dealing_problems(study: Mapping) -> list[str]:
+    problems = []
+    lists, panels = study["lists"], study["panels"]
+    ids = [lst["id"] for lst in lists]
+    problems += [f"list id {i} used {n} times" for i, n in Counter(ids).items() if n > 1]
+    seen = Counter(pid for lst in lists for pid in lst["panels"])
+    problems += [f"panel {p!r} is in {n} lists (must be exactly one)"
+                 for p, n in seen.items() if n > 1]
+    problems += [f"list panel {p!r} is not in 'panels'" for p in seen if p not in panels]
+    problems += [f"panel {p!r} is in no list" for p in panels if p not in seen]
+    sizes = [len(lst["panels"]) for lst in lists]
+    if max(sizes) - min(sizes) > 1:
+        problems.append(f"list sizes range {min(sizes)}-{max(sizes)} (must differ by at most 1)")
+    for layer in study["layers"]:
+        counts = [sum(panels.get(p, {}).get("layer") == layer for p in lst["panels"])
+                  for lst in lists]
+        if max(counts) - min(counts) > 1:
+            problems.append(f"layer {layer!r}: per-list counts range {min(counts)}-"
+                            f"{max(counts)} (must differ by at most 1)")
+    return problems
+
+
+def _count_problems(study: Mapping) -> list[str]:
+    problems = []
+    total = sum(lst["target"] for lst in study["lists"])
+    if total != study["participants"]:
+        problems.append(f"list targets sum to {total}, not participants = "
+                        f"{study['participants']}")
+    layer_sizes = Counter(entry["layer"] for entry in study["panels"].values())
+    for layer, n in dict(study.get("sample") or {}).items():
+        if layer_sizes.get(layer, 0) != n:
+            problems.append(f"sample asks for {n} {layer} panels; the design has "
+                            f"{layer_sizes.get(layer, 0)}")
+    if len(study["layers"]) != len(set(study["layers"])):
+        problems.append("'layers' repeats a layer")
+    practice = study["practice"]
+    if len(practice) != study["practice_trials"]:
+        problems.append(f"{len(practice)} practice panels listed, practice_trials = "
+                        f"{study['practice_trials']}")
+    problems += [f"practice panel {p!r} listed {n} times" for p, n in Counter(practice).items()
+                 if n > 1]
+    problems += [f"practice panel {p!r} has no entry in 'practice_panels'" for p in practice
+                 if p not in study["practice_panels"]]
+    problems += [f"practice panel {p!r} is also a main panel id" for p in practice
+                 if p in study["panels"]]
+    return problems
+
+
+def validate_design(study: Mapping) -> None:
+    """Raise :class:`DesignError` listing every broken invariant of a study dict.
+
+    Checked: required keys and types; list ids unique; every panel in exactly one
+    list and every listed panel known; per-layer counts and list sizes differ by
+    at most one between lists; targets sum to ``participants``; sampled layers
+    hold their sample size; practice ids unique, known, distinct from panel ids
+    and ``practice_trials`` many.
+    """
+    if not isinstance(study, Mapping):
+        raise DesignError(f"a study must be a JSON object, not {type(study).__name__}")
+    if study.get("format") != FORMAT:
+        raise DesignError(f"study format is {study.get('format')!r}, expected {FORMAT!r}; "
+                          f"regenerate it with {CLI}")
+    problems = _structure_problems(study)
+    if not problems:
+        problems = _dealing_problems(study) + _count_problems(study)
+    if problems:
+        raise DesignError(f"the study breaks {len(problems)} rule(s) of the design; "
+                          f"regenerate it with {CLI}:\n{_listing(problems)}")
+
+
+# ---------------------------------------------------------------------------
+# Files: checking, hashing, writing, loading
+
+
+def _files(study: Mapping) -> list[tuple[str, dict]]:
+    """``(label, entry)`` for every panel and practice panel of a study."""
+    out = [(f"panel {pid!r} ({entry['layer']} unit {entry['unit']})", entry)
+           for pid, entry in study["panels"].items()]
+    out += [(f"practice panel {pid!r}", study["practice_panels"][pid])
+            for pid in study["practice"]]
+    return out
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _file_problem(path: str, open_images: bool, sha256: str | None) -> str | None:
+    if not os.path.isfile(path):
+        return "no such file"
+    if open_images:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except Exception as exc:  # Pillow raises many kinds for a bad file
+            return f"not a readable image ({type(exc).__name__}: {exc})"
+    if sha256 is not None and _sha256(path) != sha256:
+        return "contents changed since the study was written (sha256 differs)"
+    return None
+
+
+def check_files(study: Mapping, open_images: bool = True) -> None:
+    """Check that every panel file exists and (by default) opens as an image.
+
+    Where an entry carries a ``sha256`` (a written study), the file's hash must
+    match it. All problems are collected and raised together as one
+    :class:`DesignError`.
+    """
+    files = _files(study)
+    log.info("checking %d files%s", len(files), " (opening each image)" if open_images else "")
+    problems = []
+    for label, entry in files:
+        problem = _file_problem(entry["path"], open_images, entry.get("sha256"))
+        if problem:
+            problems.append(f"{label}: {entry['path']}: {problem}")
+    if problems:
+        raise DesignError(
+            f"{len(problems)} of {len(files)} panel files are unusable:\n{_listing(problems)}\n"
+            "fix the paths in the manifests or regenerate the panels")
+
+
+def _relative(path: str, base: str) -> str:
+    """``path`` relative to the directory ``base``, with ``/`` separators."""
+    try:
+        return Path(os.path.relpath(os.path.abspath(path), base)).as_posix()
+    except ValueError:  # another drive (Windows): keep it absolute
+        return os.path.abspath(path)
+
+
+def _with_files(study: Mapping, out_dir: str) -> dict:
+    """A copy of the study with sha256 added and paths made relative to ``out_dir``."""
+    out = copy.deepcopy(dict(study))
+    missing = []
+    for label, entry in _files(out):
+        try:
+            entry["sha256"] = _sha256(entry["path"])
+        except OSError as exc:
+            missing.append(f"{label}: {entry['path']}: {exc.strerror or exc}")
+        entry["path"] = _relative(entry["path"], out_dir)
+    if missing:
+        raise DesignError(f"cannot hash {len(missing)} panel file(s):\n{_listing(missing)}\n"
+                          "fix the paths in the manifests or regenerate the panels")
+    return out
+
+
+def write_study(study: Mapping, out_path: str | os.PathLike) -> Path:
+    """Validate, add sha256, make paths relative to ``out_path``'s folder, write atomically."""
+    validate_design(study)
+    out_path = Path(out_path)
+    out_dir = os.path.abspath(out_path.parent)
+    os.makedirs(out_dir, exist_ok=True)
+    text = json.dumps(_with_files(study, out_dir), indent=2, ensure_ascii=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    log.info("wrote %s (%d lists, %d panels)", out_path, len(study["lists"]),
+             len(study["panels"]))
+    return out_path
+
+
+def load_study(path: str | os.PathLike) -> dict:
+    """Read and validate a ``study.json``; every ``path`` in it made absolute.
+
+    Relative paths are taken relative to the study file's own directory.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DesignError(f"{path}: no such study file; write one with {CLI} ... --out {path}")
+    try:
+        study = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DesignError(f"{path}: not a valid JSON study file ({exc}); regenerate it "
+                          f"with {CLI}") from None
+    if not isinstance(study, dict):
+        raise DesignError(f"{path}: a study file holds a JSON object, not "
+                          f"{type(study).__name__}; regenerate it with {CLI}")
+    missing = [k for k in STUDY_KEYS if k not in study]
+    if study.get("format") == FORMAT and missing:
+        raise DesignError(f"{path}: missing key(s) {', '.join(missing)}; regenerate it "
+                          f"with {CLI}")
+    try:
+        validate_design(study)
+    except DesignError as exc:
+        raise DesignError(f"{path}: {exc}") from None
+    base = os.path.abspath(path.parent)
+    for _, entry in _files(study):
+        entry["path"] = os.path.normpath(os.path.join(base, entry["path"]))
+    return study
+
+
+# ---------------------------------------------------------------------------
+# Summary
+
+
+def _targets_text(targets: Sequence[int]) -> str:
+    """``"51 x 5 + 13 x 6"``: how many lists have each target."""
+    counts = sorted(Counter(targets).items())
+    return " + ".join(f"{n} x {t}" for t, n in counts)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    width0 = max(len(r[0]) for r in rows)
+    width1 = max(len(r[1]) for r in rows)
+    lines = [f"{r[0]:<{width0}}  {r[1]:>{width1}}  {r[2]}".rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def summary(study: Mapping) -> str:
+    """A plain-text table of a study: layers, lists, participants, practice trials."""
+    lists, panels = study["lists"], study["panels"]
+    sample = study.get("sample") or {}
+    rows = [("", "panels", "per list")]
+    for layer in study["layers"]:
+        counts = [sum(panels[p]["layer"] == layer for p in lst["panels"]) for lst in lists]
+        note = "  (sampled)" if layer in sample else ""
+        rows.append((layer, str(sum(counts)), _spread(counts) + note))
+    sizes = [len(lst["panels"]) for lst in lists]
+    rows.append(("all layers", str(len(panels)), _spread(sizes)))
+    rows.append(("", "", ""))
+    rows.append(("lists", str(len(lists)), f"{_spread(sizes)} panels each"))
+    rows.append(("participants", str(study["participants"]),
+                 "targets " + _targets_text([lst["target"] for lst in lists])))
+    rows.append(("practice trials", str(study["practice_trials"]), ""))
+    return _table(rows)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+
+def parse_sample(items: Sequence[str] | None) -> dict[str, int]:
+    """``["fc6=2048"]`` to ``{"fc6": 2048}``; a clear :class:`DesignError` otherwise."""
+    sample: dict[str, int] = {}
+    for item in items or ():
+        layer, eq, n = item.rpartition("=")
+        layer = layer.strip()
+        if not eq or not layer or not n.strip().isdigit():
+            raise DesignError(f"--sample {item}: expected LAYER=N with N a whole number, "
+                              "e.g. --sample fc6=2048")
+        if layer in sample:
+            raise DesignError(f"--sample {item}: layer {layer!r} is sampled twice; give it once")
+        sample[layer] = int(n)
+    return sample
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=CLI,
+        description=(
+            "Design the rating study (DESIGN.md §6): deal every panel of a panels manifest "
+            "into exactly one list, each layer spread as evenly as possible, give each list "
+            "a participant target (the targets sum to --participants), pick the practice "
+            "panels, check the files and write study.json. Deterministic for a seed. The "
+            "summary table goes to stdout, progress to stderr."),
+        epilog=(f"example (the paper): {CLI} --panels panels.csv --practice practice.csv "
+                "--lists 64 --participants 333 --sample fc6=2048 --seed 0 --out study.json"),
+    )
+    parser.add_argument("--panels", required=True, metavar="CSV",
+                        help="panels manifest with columns panel_id, layer, unit, path "
+                             "(extra columns ignored; relative paths are relative to the "
+                             "CSV's folder)")
+    parser.add_argument("--practice", required=True, metavar="CSV",
+                        help="practice manifest with columns panel_id, path and optionally "
+                             "label; its first --practice-trials rows are used")
+    parser.add_argument("--lists", required=True, type=int, metavar="N",
+                        help="number of lists (at least 1, at most the number of panels)")
+    parser.add_argument("--participants", required=True, type=int, metavar="N",
+                        help="total participants, shared among the lists as evenly as possible")
+    parser.add_argument("--sample", action="append", metavar="LAYER=N",
+                        help="keep only N panels of LAYER, drawn at random without "
+                             "replacement; repeat for several layers (default: every panel)")
+    parser.add_argument("--practice-trials", type=int, default=6, metavar="N",
+                        help="number of practice trials (default 6)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random sampling and dealing (default 0)")
+    parser.add_argument("--out", required=True, metavar="JSON",
+                        help="study file to write (paths in it are relative to its folder)")
+    parser.add_argument("--no-check-images", action="store_true",
+                        help="only check that the panel files exist; do not open each image")
+    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        study = build_design(read_panels(args.panels), read_practice(args.practice),
+                             n_lists=args.lists, participants=args.participants,
+                             sample=parse_sample(args.sample), seed=args.seed,
+                             practice_trials=args.practice_trials)
+        study["source"] = {"panels": args.panels, "practice": args.practice}
+        validate_design(study)
+        check_files(study, open_images=not args.no_check_images)
+        write_study(study, args.out)
+    except DesignError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc}; check the folder and its permissions",
+              file=sys.stderr)
+        return 2
+    print(summary(study))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
