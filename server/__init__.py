@@ -1,1 +1,112 @@
-"""server package (see DESIGN.md §2)."""
+"""The experiment server: a Flask application factory (DESIGN.md §1, step 5).
+
+``create_app(test_config=None)`` builds the app with layered configuration, lowest first:
+
+1. the defaults below;
+2. ``config.py`` in the instance folder (``instance/`` beside the checkout, or
+   ``FLASK_INSTANCE_PATH``), if present;
+3. environment variables ``FLASK_<NAME>`` (values parsed as JSON where they parse), and
+   ``DATABASE_URL`` for the store;
+4. ``test_config``, for tests.
+
+In production: ``gunicorn 'server:create_app()'``. For development:
+``python -m server load-study study.json`` then ``python -m server run``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+__all__ = ["create_app", "DEFAULTS"]
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    # The store: None means a SQLite file ``study.db`` in the instance folder.
+    "DATABASE_URL": None,
+    # Where the study's panel images are kept (content-addressed); default instance/images.
+    "IMAGE_DIR": None,
+    # A participant's hold on a list slot. Set it to Prolific's maximum time for the study.
+    "LEASE_MINUTES": 90,
+    # Prolific passes these in the study URL; each must match this pattern.
+    "PROLIFIC_ID_PATTERN": r"[0-9a-fA-F]{24}",
+    "PROLIFIC_COMPLETE_URL": "https://app.prolific.com/submissions/complete?cc={code}",
+    # Seconds the completion page waits before redirecting to Prolific.
+    "COMPLETE_REDIRECT_SECONDS": 5,
+    # The free-text answer: trimmed, at most this many characters.
+    "OBJECT_TEXT_MAX": 200,
+    # The device check: the smallest browser window that shows a 10x10 panel legibly
+    # (the panel at 600 px or more, the question beside it).
+    "MIN_WINDOW_WIDTH": 1000,
+    "MIN_WINDOW_HEIGHT": 650,
+    # No request body is larger than this (a trial answer is a few hundred bytes).
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+    "SESSION_COOKIE_HTTPONLY": True,
+    "SESSION_COOKIE_SAMESITE": "Lax",
+    "SESSION_COOKIE_NAME": "study_session",
+    # A stable secret shared by every worker: generated once into the instance folder
+    # unless given (``FLASK_SECRET_KEY``).
+    "SECRET_KEY": None,
+}
+
+
+def create_app(test_config: dict[str, Any] | None = None,
+               instance_path: str | os.PathLike | None = None) -> Flask:
+    """Build the application: configuration, store (schema created or migrated), blueprints.
+
+    ``instance_path``: the instance folder (default ``FLASK_INSTANCE_PATH``, else Flask's
+    ``instance/`` beside the package)."""
+    instance = instance_path or os.environ.get("FLASK_INSTANCE_PATH")
+    instance = str(instance) if instance else None
+    app = Flask(__name__, instance_path=instance, instance_relative_config=True)
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_prefixed_env()
+    if os.environ.get("DATABASE_URL"):
+        app.config["DATABASE_URL"] = os.environ["DATABASE_URL"]
+    if test_config:
+        app.config.from_mapping(test_config)
+
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    if not app.config["DATABASE_URL"]:
+        app.config["DATABASE_URL"] = f"sqlite:///{Path(app.instance_path) / 'study.db'}"
+    if not app.config["IMAGE_DIR"]:
+        app.config["IMAGE_DIR"] = str(Path(app.instance_path) / "images")
+    if not app.config["SECRET_KEY"]:
+        app.config["SECRET_KEY"] = _instance_secret(Path(app.instance_path) / "secret_key")
+
+    from . import api, participant, store, study
+
+    store.init_app(app)
+    study.init_app(app)
+    app.register_blueprint(participant.bp)
+    app.register_blueprint(api.bp)
+    participant.register_error_pages(app)
+    return app
+
+
+def _instance_secret(path: Path) -> str:
+    """The instance's secret key, created once (atomically: workers may race) and kept 0600."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_hex(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    try:
+        os.link(tmp, path)  # atomic and exclusive: the first worker's key wins
+        log.info("created a secret key in %s", path)
+    except FileExistsError:
+        key = path.read_text().strip()
+    finally:
+        tmp.unlink()
+    return key

@@ -1,0 +1,175 @@
+"""The JSON API the trial page talks to.
+
+- ``GET /api/state``: the participant's trials (panel image URLs, practice flags) and the
+  next unanswered trial, so a reload resumes where the participant stopped.
+- ``POST /api/responses``: one answer. Validated strictly (4xx with a message, never a
+  500); written once; a repeat returns the stored answer and changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from flask import Blueprint, abort, current_app, jsonify, request, url_for
+from sqlalchemy import select
+
+from .assignment import Answer, AssignmentError, TrialError, record_response
+from .csrf import check_csrf
+from .participant import Visit, current_visit, preview_answered, stage
+from .store import get_store, panels
+
+__all__ = ["bp", "parse_answer"]
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+MAX_RT_MS = 24 * 3600 * 1000
+# Client clocks: accept 2000-01-01 .. 2100-01-01, in milliseconds since the epoch.
+CLIENT_TIME_RANGE = (946684800000, 4102444800000)
+WHITESPACE = re.compile(r"\s+")
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _no_store(response):
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _visit_for_api() -> Visit:
+    try:
+        visit = current_visit()
+    except AssignmentError as exc:
+        abort(409, description=str(exc))
+    if visit is None:
+        abort(403, description="No session: open the study from its link.")
+    return visit
+
+
+@bp.get("/state")
+def state():
+    visit = _visit_for_api()
+    where = stage(visit)
+    if where not in ("trials", "debrief", "complete"):
+        abort(409, description=f"This session is at the {where} step, not the trials.")
+    with get_store().read() as conn:
+        images = dict(conn.execute(select(panels.c.id, panels.c.image)
+                                   .where(panels.c.id.in_(visit.order))).all())
+    trials = [{"index": i, "panel_id": pid, "practice": i < visit.n_practice,
+               "image": url_for("participant.image", name=images[pid])}
+              for i, pid in enumerate(visit.order)]
+    return _no_store(jsonify(
+        preview=visit.preview, n_trials=visit.n_trials, n_practice=visit.n_practice,
+        next_index=visit.n_answered, trials=trials,
+        text_max=current_app.config["OBJECT_TEXT_MAX"],
+        done_url=url_for("participant.study")))
+
+
+def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool = True):
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise TrialError(f"{name} is missing")
+        return None
+    # bool is an int in Python: never take one for the other
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise TrialError(f"{name} must be {names}, not {type(value).__name__}")
+    return value
+
+
+def _ms(body: dict[str, Any], name: str, required: bool) -> int | None:
+    value = _field(body, name, (int, float), required)
+    if value is None:
+        return None
+    if not math.isfinite(value) or not 0 <= value <= MAX_RT_MS:
+        raise TrialError(f"{name} must be between 0 and {MAX_RT_MS} milliseconds")
+    return int(round(value))
+
+
+def _client_time(body: dict[str, Any], name: str) -> float | None:
+    value = _field(body, name, (int, float), required=False)
+    if value is None:
+        return None
+    if not math.isfinite(value) or not CLIENT_TIME_RANGE[0] <= value <= CLIENT_TIME_RANGE[1]:
+        raise TrialError(f"{name} must be a time in milliseconds since 1970 (browser clock)")
+    return value / 1000.0
+
+
+def clean_text(text: str, limit: int) -> str:
+    """Trimmed, whitespace runs as one space, control characters refused, length-limited."""
+    if CONTROL.search(text):
+        raise TrialError("object_text contains control characters")
+    text = WHITESPACE.sub(" ", text).strip()
+    if len(text) > limit:
+        raise TrialError(f"object_text is {len(text)} characters long; at most {limit}")
+    return text
+
+
+def parse_answer(body: Any, text_max: int) -> Answer:
+    """A validated Answer from a JSON body, or TrialError (400) saying what is wrong."""
+    if not isinstance(body, dict):
+        raise TrialError("the body must be a JSON object")
+    index = _field(body, "trial_index", int)
+    panel_id = _field(body, "panel_id", str)
+    if len(panel_id) > 128:
+        raise TrialError("panel_id is too long")
+    yes = _field(body, "answer_yes", bool)
+    text = _field(body, "object_text", str, required=False)
+    if yes:
+        text = clean_text(text or "", text_max)
+        if not text:
+            raise TrialError("object_text is required when the answer is yes: write which "
+                             "everyday object, place or animal you saw")
+    else:
+        text = None
+    return Answer(trial_index=index, panel_id=panel_id, answer_yes=yes, object_text=text,
+                  rt_answer_ms=_ms(body, "rt_answer_ms", True),
+                  rt_text_ms=_ms(body, "rt_text_ms", False) if yes else None,
+                  shown_at=_client_time(body, "shown_at"),
+                  client_answered_at=_client_time(body, "client_answered_at"))
+
+
+@bp.post("/responses")
+def respond():
+    check_csrf()
+    if not request.is_json:
+        abort(415, description="Send the answer as JSON (Content-Type: application/json).")
+    body = request.get_json(silent=True)
+    visit = _visit_for_api()
+    text_max = current_app.config["OBJECT_TEXT_MAX"]
+    try:
+        answer = parse_answer(body, text_max)
+        if visit.preview:
+            return _preview_answer(visit, answer)
+        stored, written, after = record_response(
+            get_store(), visit.token, answer,
+            float(current_app.config["LEASE_MINUTES"]) * 60, visit.n_practice)
+    except TrialError as exc:
+        abort(exc.status, description=str(exc))
+    done = after.n_answered >= after.n_trials
+    return _no_store(jsonify(
+        trial_index=stored["trial_index"], stored=True, duplicate=not written,
+        answer_yes=stored["answer_yes"], object_text=stored["object_text"],
+        next_index=after.n_answered, n_trials=after.n_trials, done=done,
+        next=url_for("participant.study") if done else None)), 201 if written else 200
+
+
+def _preview_answer(visit: Visit, answer: Answer):
+    index = answer.trial_index
+    if stage(visit) not in ("trials", "debrief", "complete"):
+        raise TrialError("consent and the device check come before the trials", 409)
+    if not 0 <= index < visit.n_trials:
+        raise TrialError(f"trial_index {index} is out of range 0..{visit.n_trials - 1}")
+    if index > visit.n_answered:
+        raise TrialError(f"trial {index} comes after trial {visit.n_answered}, which has no "
+                         "answer yet: answer that first", 409)
+    if visit.order[index] != answer.panel_id:
+        raise TrialError(f"trial {index} shows another panel: reload the page", 409)
+    after = preview_answered(visit, index)
+    done = after.n_answered >= after.n_trials
+    return _no_store(jsonify(
+        trial_index=index, stored=False, duplicate=index < visit.n_answered,
+        answer_yes=answer.answer_yes, object_text=answer.object_text,
+        next_index=after.n_answered, n_trials=after.n_trials, done=done, preview=True,
+        next=url_for("participant.study") if done else None))

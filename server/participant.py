@@ -1,0 +1,443 @@
+"""The participant's pages: entry, consent, instructions, device check, trials, debrief,
+completion. All state lives on the server (the browser holds only a signed session key).
+
+The flow is a small state machine: ``stage(visit)`` says where a participant stands, and
+every page sends them there if they ask for another, so reloads, back buttons, new tabs
+and other browsers (entering again with the same PROLIFIC_PID) all land in the right place.
+
+A preview (the entry page without Prolific's parameters) walks the same pages and trials
+and stores nothing: its progress lives in the signed session cookie only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_from_directory,
+    session,
+    url_for,
+)
+from sqlalchemy import select
+from werkzeug.exceptions import HTTPException
+
+from .assignment import (
+    AssignmentError,
+    LeaseExpired,
+    NoStudy,
+    participant_by_token,
+    renew_lease,
+    start,
+    trial_order,
+)
+from .csrf import check_csrf, csrf_token
+from .store import get_store, lists, now, participants
+from .study import current_study
+
+__all__ = ["bp", "Visit", "current_visit", "stage", "register_error_pages"]
+
+bp = Blueprint("participant", __name__)
+
+PARAMS = ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")
+STAGES = ("consent", "instructions", "device", "trials", "debrief", "complete")
+
+
+@dataclass(frozen=True)
+class Visit:
+    """Where one participant (or a preview) stands."""
+
+    preview: bool
+    token: str | None
+    status: str
+    list_id: int
+    order: tuple[str, ...]
+    n_practice: int
+    n_answered: int
+    consented: bool
+    instructions: bool
+    device_ok: bool
+    debriefed: bool
+    completion_code: str
+
+    @property
+    def n_trials(self) -> int:
+        return len(self.order)
+
+
+def stage(visit: Visit) -> str:
+    """The page this participant belongs on."""
+    if visit.status == "declined":
+        return "declined"
+    if visit.status in ("returned", "timed_out"):
+        return "ended"
+    if visit.status == "completed" or visit.n_answered >= visit.n_trials:
+        return "complete" if visit.debriefed else "debrief"
+    if not visit.consented:
+        return "consent"
+    if not visit.instructions:
+        return "instructions"
+    if not visit.device_ok:
+        return "device"
+    return "trials"
+
+
+def _lease_seconds() -> float:
+    return float(current_app.config["LEASE_MINUTES"]) * 60
+
+
+def current_visit() -> Visit | None:
+    """This browser's visit, or None. An active session whose lease has passed is renewed
+    if its list has room; otherwise LeaseExpired."""
+    store = get_store()
+    if "preview" in session:
+        state = session["preview"]
+        with store.read() as conn:
+            loaded = current_study(conn)
+            if loaded is None:
+                session.pop("preview")
+                return None
+            order = trial_order(conn, state["list_id"], state["seed"])
+        return Visit(preview=True, token=None, status="active", list_id=state["list_id"],
+                     order=tuple(order), n_practice=loaded.practice_trials,
+                     n_answered=min(state["answered"], len(order)),
+                     consented=state["consented"], instructions=state["instructions"],
+                     device_ok=state["device_ok"], debriefed=state["debriefed"],
+                     completion_code="PREVIEW")
+    token = session.get("token")
+    if not token:
+        return None
+    with store.read() as conn:
+        p = participant_by_token(conn, token)
+        loaded = current_study(conn)
+    if p is None or loaded is None:
+        session.pop("token", None)
+        return None
+    if p.status == "active" and p.lease_expires_at <= now():
+        with store.write() as conn:
+            p = renew_lease(store, conn, participant_by_token(conn, token, for_update=True),
+                            _lease_seconds(), now())
+    return _visit(p, loaded)
+
+
+def _visit(p, loaded) -> Visit:
+    return Visit(preview=False, token=p.token, status=p.status, list_id=p.list_id,
+                 order=tuple(json.loads(p.trial_order)), n_practice=loaded.practice_trials,
+                 n_answered=p.n_answered, consented=p.consented_at is not None,
+                 instructions=p.instructions_at is not None,
+                 device_ok=p.device_ok_at is not None, debriefed=p.debriefed_at is not None,
+                 completion_code=loaded.completion_code)
+
+
+def advance(visit: Visit, **changes: Any) -> None:
+    """Record a step: ``consented``, ``instructions``, ``device_ok`` (with ``device``),
+    ``debriefed`` or ``declined``. Steps are taken once; repeats change nothing."""
+    if visit.preview:
+        state = dict(session["preview"])
+        for key in ("consented", "instructions", "device_ok", "debriefed"):
+            if changes.get(key):
+                state[key] = True
+        if changes.get("declined"):
+            session.pop("preview")
+            return
+        session["preview"] = state
+        return
+    at = now()
+    columns = {"consented": "consented_at", "instructions": "instructions_at",
+               "device_ok": "device_ok_at", "debriefed": "debriefed_at"}
+    with get_store().write() as conn:
+        p = participant_by_token(conn, visit.token, for_update=True)
+        values: dict[str, Any] = {}
+        for key, column in columns.items():
+            if changes.get(key) and getattr(p, column) is None:
+                values[column] = at
+        if changes.get("device") is not None and p.device_ok_at is None:
+            values["device"] = json.dumps(changes["device"])
+        if changes.get("declined") and p.status == "active" and p.consented_at is None:
+            values.update(status="declined", ended_at=at)
+        if values:
+            conn.execute(participants.update().where(participants.c.id == p.id).values(**values))
+
+
+def _goto(visit: Visit | None):
+    if visit is None:
+        return redirect(url_for("participant.entry"))
+    return redirect(url_for(f"participant.{stage(visit)}"))
+
+
+def _page(name: str):
+    """The visit if it belongs on page ``name``; otherwise a redirect to where it belongs."""
+    try:
+        visit = current_visit()
+    except AssignmentError as exc:
+        return None, _problem(exc)
+    if visit is None or stage(visit) != name:
+        return None, _goto(visit)
+    return visit, None
+
+
+def _problem(exc: AssignmentError, status: int = 200):
+    return render_template(f"problem_{exc.page}.html"), status
+
+
+# --- entry --------------------------------------------------------------------------------
+
+def _bad_params(values: dict[str, str]) -> list[str]:
+    pattern = re.compile(current_app.config["PROLIFIC_ID_PATTERN"])
+    problems = []
+    for name in PARAMS:
+        value = values.get(name)
+        if not value:
+            problems.append(f"{name} is missing")
+        elif "%" in value or "{" in value:
+            problems.append(f"{name} is Prolific's placeholder {value!r}, not a real value")
+        elif not pattern.fullmatch(value):
+            problems.append(f"{name} {value[:40]!r} is not a valid Prolific id")
+    return problems
+
+
+@bp.get("/")
+def entry():
+    given = {name: request.args.get(name, "") for name in PARAMS}
+    if not any(given.values()):
+        try:
+            visit = current_visit()
+        except AssignmentError as exc:
+            return _problem(exc)
+        if visit is not None:
+            return _goto(visit)
+        return render_template("welcome.html")
+    problems = _bad_params(given)
+    store = get_store()
+    with store.read() as conn:
+        loaded = current_study(conn)
+    if loaded is not None and loaded.prolific_study_id and not problems \
+            and given["STUDY_ID"] != loaded.prolific_study_id:
+        problems.append("STUDY_ID does not belong to this study")
+    if problems:
+        return render_template("bad_link.html", problems=problems), 400
+    try:
+        p, _created = start(store, given["PROLIFIC_PID"], given["STUDY_ID"], given["SESSION_ID"],
+                            _lease_seconds(), request.headers.get("User-Agent", ""))
+    except AssignmentError as exc:
+        return _problem(exc)
+    session.clear()
+    session["token"] = p.token
+    session.permanent = True
+    return redirect(url_for("participant.study"))
+
+
+@bp.get("/preview")
+def preview():
+    """Walk the study as a participant would; nothing is stored."""
+    store = get_store()
+    with store.read() as conn:
+        if current_study(conn) is None:
+            return _problem(NoStudy("no study is loaded"))
+        ids = conn.execute(select(lists.c.id).order_by(lists.c.id)).scalars().all()
+    wanted = request.args.get("list", type=int)
+    if wanted is not None and wanted not in ids:
+        abort(404, description=f"There is no list {wanted}.")
+    session.clear()
+    session["preview"] = {"list_id": wanted if wanted is not None else random.choice(ids),
+                          "seed": random.randrange(2**31), "answered": 0, "consented": False,
+                          "instructions": False, "device_ok": False, "debriefed": False}
+    return redirect(url_for("participant.study"))
+
+
+@bp.get("/study")
+def study():
+    try:
+        visit = current_visit()
+    except AssignmentError as exc:
+        return _problem(exc)
+    return _goto(visit)
+
+
+# --- the steps ----------------------------------------------------------------------------
+
+@bp.route("/consent", methods=["GET", "POST"])
+def consent():
+    visit, other = _page("consent")
+    if other is not None:
+        return other
+    if request.method == "POST":
+        check_csrf()
+        choice = request.form.get("choice")
+        if choice not in ("agree", "decline"):
+            abort(400, description="Choose whether you agree to take part.")
+        if choice == "agree":
+            advance(visit, consented=True)
+            return redirect(url_for("participant.study"))
+        advance(visit, declined=True)
+        return render_template("problem_declined.html", preview=visit.preview)
+    return render_template("consent.html", visit=visit, n_main=visit.n_trials - visit.n_practice)
+
+
+@bp.route("/instructions", methods=["GET", "POST"])
+def instructions():
+    visit, other = _page("instructions")
+    if other is not None:
+        return other
+    if request.method == "POST":
+        check_csrf()
+        advance(visit, instructions=True)
+        return redirect(url_for("participant.study"))
+    return render_template("instructions.html", visit=visit)
+
+
+def _device_problems(info: dict[str, Any]) -> list[str]:
+    cfg = current_app.config
+    problems = []
+    if info["touch_only"] or info["mobile"]:
+        problems.append("This study needs a desktop or laptop computer with a mouse or "
+                        "trackpad; phones and tablets cannot show the panels legibly.")
+    if info["width"] < cfg["MIN_WINDOW_WIDTH"] or info["height"] < cfg["MIN_WINDOW_HEIGHT"]:
+        problems.append(f"Your browser window is {info['width']} x {info['height']} pixels; "
+                        f"please make it at least {cfg['MIN_WINDOW_WIDTH']} x "
+                        f"{cfg['MIN_WINDOW_HEIGHT']} (maximise it, or zoom out with Ctrl and "
+                        "minus), then check again.")
+    return problems
+
+
+def _int_field(name: str) -> int:
+    value = request.form.get(name, "")
+    if not re.fullmatch(r"\d{1,6}", value):
+        abort(400, description=f"The device check could not read {name}: is JavaScript on?")
+    return int(value)
+
+
+@bp.route("/device", methods=["GET", "POST"])
+def device():
+    visit, other = _page("device")
+    if other is not None:
+        return other
+    problems: list[str] = []
+    if request.method == "POST":
+        check_csrf()
+        info = {"width": _int_field("width"), "height": _int_field("height"),
+                "screen_width": _int_field("screen_width"),
+                "screen_height": _int_field("screen_height"),
+                "touch_only": request.form.get("touch_only") == "1",
+                "mobile": request.form.get("mobile") == "1" or _mobile_agent(),
+                "user_agent": request.headers.get("User-Agent", "")[:500]}
+        problems = _device_problems(info)
+        if not problems:
+            advance(visit, device_ok=True, device=info)
+            return redirect(url_for("participant.study"))
+    return render_template("device.html", visit=visit, problems=problems), \
+        (422 if problems else 200)
+
+
+def _mobile_agent() -> bool:
+    agent = request.headers.get("User-Agent", "")
+    return bool(re.search(r"Mobi|Android|iPhone|iPad", agent))
+
+
+@bp.get("/trials")
+def trials():
+    visit, other = _page("trials")
+    if other is not None:
+        return other
+    return render_template("trials.html", visit=visit,
+                           text_max=current_app.config["OBJECT_TEXT_MAX"])
+
+
+@bp.route("/debrief", methods=["GET", "POST"])
+def debrief():
+    visit, other = _page("debrief")
+    if other is not None:
+        return other
+    if request.method == "POST":
+        check_csrf()
+        advance(visit, debriefed=True)
+        return redirect(url_for("participant.study"))
+    return render_template("debrief.html", visit=visit)
+
+
+@bp.get("/complete")
+def complete():
+    visit, other = _page("complete")
+    if other is not None:
+        return other
+    url = None
+    if not visit.preview:
+        url = current_app.config["PROLIFIC_COMPLETE_URL"].format(code=visit.completion_code)
+    return render_template("complete.html", visit=visit, prolific_url=url,
+                           wait=current_app.config["COMPLETE_REDIRECT_SECONDS"])
+
+
+@bp.get("/declined")
+def declined():
+    visit, other = _page("declined")
+    if other is not None:
+        return other
+    return render_template("problem_declined.html", preview=False)
+
+
+@bp.get("/ended")
+def ended():
+    visit, other = _page("ended")
+    if other is not None:
+        return other
+    return render_template("problem_ended.html")
+
+
+# --- images -------------------------------------------------------------------------------
+
+IMAGE_NAME = re.compile(r"[0-9a-f]{64}\.(jpg|png|webp|gif)")
+
+
+@bp.get("/img/<name>")
+def image(name: str):
+    """A panel image by content hash: the URL changes whenever the image does, so browsers
+    and proxies may keep it for a year."""
+    if not IMAGE_NAME.fullmatch(name):
+        abort(404)
+    response = send_from_directory(current_app.config["IMAGE_DIR"], name, max_age=31536000)
+    response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    return response
+
+
+# --- errors -------------------------------------------------------------------------------
+
+def register_error_pages(app: Flask) -> None:
+    """4xx answers say what went wrong: JSON under /api/, a page elsewhere."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if request.path.startswith("/api/"):
+            return jsonify(error=exc.description or exc.name), exc.code
+        return render_template("error.html", code=exc.code, name=exc.name,
+                               message=exc.description), exc.code
+
+    @app.errorhandler(LeaseExpired)
+    def lease_expired(exc: LeaseExpired):
+        if request.path.startswith("/api/"):
+            return jsonify(error=str(exc), page=url_for("participant.study")), 409
+        return _problem(exc)
+
+    @app.context_processor
+    def _csrf():
+        return {"csrf_token": csrf_token}
+
+
+def preview_answered(visit: Visit, index: int) -> Visit:
+    """A preview's progress after answering trial ``index`` (in order; repeats ignored)."""
+    if index == visit.n_answered:
+        state = dict(session["preview"])
+        state["answered"] = index + 1
+        session["preview"] = state
+        return replace(visit, n_answered=index + 1)
+    return visit

@@ -1,0 +1,267 @@
+"""The store: one database, chosen by ``DATABASE_URL`` (SQLAlchemy 2, Core).
+
+- ``sqlite:////abs/path.db`` (the embedded default is ``instance/study.db``): WAL journal,
+  a busy timeout, foreign keys on, and every write transaction ``BEGIN IMMEDIATE``, so
+  concurrent writers queue for the one write lock instead of failing half-way.
+- ``postgresql://...`` (or ``postgres://``): the same schema through psycopg 3; the
+  assignment takes row locks (``SELECT ... FOR UPDATE``) on the lists.
+
+Times are stored as UTC seconds since the epoch (floats): portable across both stores and
+easy to aggregate in SQL. The schema is created on start and migrated by the steps in
+``MIGRATIONS`` (its version lives in the ``meta`` table); ``python -m server init-db``
+does the same by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+from flask import Flask, current_app
+from flask.cli import with_appcontext
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+
+__all__ = ["Store", "get_store", "init_app", "metadata", "meta", "study", "panels", "lists",
+           "list_panels", "participants", "responses", "SCHEMA_VERSION", "now"]
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+meta = Table(
+    "meta", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# One study per database: the row with id 1.
+study = Table(
+    "study", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("format", String(64), nullable=False),
+    Column("seed", Integer),
+    Column("design", Text, nullable=False),          # the study.json as loaded (JSON text)
+    Column("loaded_at", Float, nullable=False),
+    Column("status", String(16), nullable=False, default="open"),  # open | closed
+    Column("completion_code", String(64), nullable=False),
+    Column("prolific_study_id", String(64)),         # when set, STUDY_ID must match
+    Column("practice_trials", Integer, nullable=False),
+)
+
+panels = Table(
+    "panels", metadata,
+    Column("id", String(128), primary_key=True),
+    Column("practice", Boolean, nullable=False),
+    Column("layer", String(64)),
+    Column("unit", Integer),
+    Column("label", Text),
+    Column("image", String(96), nullable=False),     # content-addressed file name
+    Column("position", Integer, nullable=False),     # practice order; design order otherwise
+)
+
+lists = Table(
+    "lists", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("target", Integer, nullable=False),
+)
+
+list_panels = Table(
+    "list_panels", metadata,
+    Column("list_id", Integer, ForeignKey("lists.id"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("panel_id", String(128), ForeignKey("panels.id"), nullable=False, unique=True),
+)
+
+participants = Table(
+    "participants", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token", String(64), nullable=False, unique=True),   # the browser's session key
+    Column("prolific_pid", String(64), nullable=False, unique=True),
+    Column("study_param", String(64), nullable=False),
+    Column("session_param", String(64), nullable=False),
+    Column("list_id", Integer, ForeignKey("lists.id"), nullable=False, index=True),
+    # active | completed | declined | returned | timed_out ("expired" is an active
+    # participant whose lease has passed; it is derived, never stored)
+    Column("status", String(16), nullable=False, index=True),
+    Column("trial_order", Text, nullable=False),     # JSON list of panel ids, practice first
+    Column("order_seed", Integer, nullable=False),
+    Column("n_trials", Integer, nullable=False),
+    Column("n_answered", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("lease_expires_at", Float, nullable=False),
+    Column("consented_at", Float),
+    Column("instructions_at", Float),
+    Column("device_ok_at", Float),
+    Column("device", Text),                          # JSON: window, screen, pointer, agent
+    Column("debriefed_at", Float),
+    Column("completed_at", Float),
+    Column("ended_at", Float),                       # declined / returned / timed out
+    Column("user_agent", Text),
+)
+
+responses = Table(
+    "responses", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("participant_id", Integer, ForeignKey("participants.id"), nullable=False),
+    Column("trial_index", Integer, nullable=False),
+    Column("practice", Boolean, nullable=False),
+    Column("panel_id", String(128), ForeignKey("panels.id"), nullable=False),
+    Column("answer_yes", Boolean, nullable=False),
+    Column("object_text", Text),
+    Column("rt_answer_ms", Integer, nullable=False),   # client: image onset to yes/no
+    Column("rt_text_ms", Integer),                     # client: yes to the text's submission
+    Column("shown_at", Float),                         # client clock: image onset
+    Column("client_answered_at", Float),               # client clock: submission
+    Column("answered_at", Float, nullable=False),      # server clock: stored
+    UniqueConstraint("participant_id", "trial_index", name="uq_response_trial"),
+)
+
+SCHEMA_VERSION = 1
+
+
+def _migrate_to_1(conn: Connection) -> None:
+    metadata.create_all(conn)
+
+
+# version reached -> the step that reaches it from the one before
+MIGRATIONS = {1: _migrate_to_1}
+
+
+def now() -> float:
+    """The server clock, UTC seconds since the epoch."""
+    return time.time()
+
+
+def engine_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3; anything else is taken as is."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+class Store:
+    """The engine and its two kinds of transaction: ``write()`` and ``read()``."""
+
+    def __init__(self, url: str, echo: bool = False):
+        self.url = engine_url(url)
+        parsed = make_url(self.url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            if parsed.database in (None, "", ":memory:"):
+                raise ValueError("DATABASE_URL: the SQLite store needs a file "
+                                 "(sqlite:////path/to/study.db), not an in-memory database")
+            self.engine = create_engine(self.url, echo=echo,
+                                        connect_args={"timeout": 30, "check_same_thread": False})
+            _sqlite_setup(self.engine)
+        elif self.dialect == "postgresql":
+            self.engine = create_engine(self.url, echo=echo, pool_pre_ping=True,
+                                        pool_size=5, max_overflow=20)
+        else:
+            raise ValueError(f"DATABASE_URL: unsupported store {self.dialect!r}; "
+                             "use sqlite:////path/file.db or postgresql://user@host/db")
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction (SQLite: ``BEGIN IMMEDIATE``), committed on success."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction (SQLite: deferred, so readers never wait for the lock)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(store_read_only=True)
+            with conn.begin():
+                yield conn
+
+    def lock_lists(self, conn: Connection) -> None:
+        """Serialise assignments: PostgreSQL locks every list row until commit (SQLite's
+        immediate transaction already holds the database's one write lock)."""
+        if self.dialect == "postgresql":
+            conn.execute(select(lists.c.id).order_by(lists.c.id).with_for_update())
+
+    def schema_version(self, conn: Connection) -> int:
+        if not self.engine.dialect.has_table(conn, "meta"):
+            return 0
+        value = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+        return int(value) if value is not None else 0
+
+    def migrate(self) -> int:
+        """Create or migrate the schema to ``SCHEMA_VERSION``; returns the version found."""
+        with self.write() as conn:
+            if self.dialect == "postgresql":
+                # One migrator at a time, whichever worker starts first.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727001)")
+            found = self.schema_version(conn)
+            if found > SCHEMA_VERSION:
+                raise RuntimeError(f"the store's schema is version {found}, newer than this "
+                                   f"server's {SCHEMA_VERSION}: upgrade the server")
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[version](conn)
+                log.info("store schema migrated to version %d", version)
+            if found < SCHEMA_VERSION:
+                conn.execute(meta.delete().where(meta.c.key == "schema_version"))
+                conn.execute(meta.insert().values(key="schema_version",
+                                                  value=str(SCHEMA_VERSION)))
+        return found
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own is deferred).
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        read_only = conn.get_execution_options().get("store_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def get_store() -> Store:
+    return current_app.extensions["store"]
+
+
+def init_app(app: Flask) -> None:
+    """Open the store named by the app's ``DATABASE_URL``, migrate it, add ``init-db``."""
+    store = Store(app.config["DATABASE_URL"])
+    store.migrate()
+    app.extensions["store"] = store
+    app.cli.add_command(init_db_command)
+
+
+@click.command("init-db")
+@with_appcontext
+def init_db_command() -> None:
+    """Create or migrate the store's schema (the server also does this on start)."""
+    store = get_store()
+    click.echo(f"store {store.engine.url.render_as_string(hide_password=True)}: "
+               f"schema version {SCHEMA_VERSION}")

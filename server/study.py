@@ -1,0 +1,159 @@
+"""Loading a study design (``study.json`` from ``python -m experiment.design``) into the store.
+
+``python -m server load-study study.json`` copies every panel image into the image folder
+under its content hash (so image URLs never go stale and can be cached for a year) and
+writes the panels, lists and targets. A store that already holds participants is never
+overwritten by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import string
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import with_appcontext
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+
+from experiment.design import DesignError, load_study
+
+from .store import Store, get_store, list_panels, lists, now, panels, participants, responses
+from .store import study as study_table
+
+__all__ = ["StudyError", "load_design", "current_study", "image_name", "init_app"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPES = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png", ".webp": ".webp", ".gif": ".gif"}
+
+
+class StudyError(ValueError):
+    """The design cannot be loaded (the message says why and what to do)."""
+
+
+def image_name(path: Path, sha256: str | None = None) -> str:
+    """The content-addressed file name of an image: ``<sha256>.<ext>``."""
+    ext = IMAGE_TYPES.get(path.suffix.lower())
+    if ext is None:
+        raise StudyError(f"{path}: unsupported image type {path.suffix!r} "
+                         f"(use one of {', '.join(sorted(set(IMAGE_TYPES.values())))})")
+    if sha256 is None:
+        sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    return f"{sha256}{ext}"
+
+
+def _store_image(path: Path, image_dir: Path, sha256: str | None) -> str:
+    name = image_name(path, sha256)
+    target = image_dir / name
+    if not target.exists():
+        tmp = image_dir / f".{name}.{secrets.token_hex(4)}.tmp"
+        shutil.copyfile(path, tmp)
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        if digest != name.split(".")[0]:
+            tmp.unlink()
+            raise StudyError(f"{path}: the file changed since the design was written "
+                             "(its SHA-256 differs from study.json's): rebuild the design")
+        os.replace(tmp, target)
+    return name
+
+
+def load_design(store: Store, design_path: str | Path, image_dir: str | Path,
+                completion_code: str | None = None, prolific_study_id: str | None = None,
+                discard_data: bool = False) -> dict[str, Any]:
+    """Load ``design_path`` into ``store``; returns counts. Refuses to replace a study that
+    has participants unless ``discard_data``."""
+    try:
+        design = load_study(design_path)
+    except DesignError as exc:
+        raise StudyError(str(exc)) from exc
+    image_dir = Path(image_dir)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    code = completion_code or _random_code()
+    if not code.isalnum():
+        raise StudyError(f"completion code {code!r}: use letters and digits only")
+
+    # Copy images first (outside the transaction: slow, idempotent).
+    files: dict[str, str] = {}
+    practice_ids = list(design["practice"])
+    for pid in practice_ids:
+        info = design["practice_panels"][pid]
+        files[pid] = _store_image(Path(info["path"]), image_dir, info.get("sha256"))
+    for pid, info in design["panels"].items():
+        files[pid] = _store_image(Path(info["path"]), image_dir, info.get("sha256"))
+
+    with store.write() as conn:
+        n_participants = conn.execute(select(func.count()).select_from(participants)).scalar()
+        if n_participants and not discard_data:
+            raise StudyError(
+                f"the store already holds a study with {n_participants} participants: export "
+                "their data, then load into a fresh database (DATABASE_URL) or pass "
+                "--discard-data to delete them")
+        for table in (responses, participants, list_panels, lists, panels, study_table):
+            conn.execute(table.delete())
+        rows = [dict(id=pid, practice=True, layer=None, unit=None,
+                     label=design["practice_panels"][pid].get("label"), image=files[pid],
+                     position=i) for i, pid in enumerate(practice_ids)]
+        rows += [dict(id=pid, practice=False, layer=info["layer"], unit=int(info["unit"]),
+                      label=None, image=files[pid], position=i)
+                 for i, (pid, info) in enumerate(design["panels"].items())]
+        conn.execute(panels.insert(), rows)
+        conn.execute(lists.insert(), [dict(id=int(item["id"]), target=int(item["target"]))
+                                      for item in design["lists"]])
+        conn.execute(list_panels.insert(), [
+            dict(list_id=int(item["id"]), position=i, panel_id=pid)
+            for item in design["lists"] for i, pid in enumerate(item["panels"])])
+        conn.execute(study_table.insert().values(
+            id=1, format=design["format"], seed=design.get("seed"),
+            design=json.dumps(design), loaded_at=now(), status="open",
+            completion_code=code, prolific_study_id=prolific_study_id,
+            practice_trials=len(practice_ids)))
+    return {"panels": len(design["panels"]), "practice": len(practice_ids),
+            "lists": len(design["lists"]),
+            "participants": sum(int(item["target"]) for item in design["lists"]),
+            "completion_code": code, "images": len(set(files.values()))}
+
+
+def _random_code() -> str:
+    alphabet = string.ascii_uppercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def current_study(conn: Connection):
+    """The loaded study's row, or None."""
+    return conn.execute(select(study_table).where(study_table.c.id == 1)).first()
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(load_study_command)
+
+
+@click.command("load-study")
+@with_appcontext
+@click.argument("design", type=click.Path(exists=True, dir_okay=False))
+@click.option("--completion-code", help="Prolific's completion code for this study "
+              "(default: a new random code, printed).")
+@click.option("--prolific-study-id", help="Accept only this Prolific STUDY_ID in entry links.")
+@click.option("--discard-data", is_flag=True,
+              help="Replace a loaded study even though it has participants (deletes them).")
+def load_study_command(design: str, completion_code: str | None,
+                       prolific_study_id: str | None, discard_data: bool) -> None:
+    """Load a study design (study.json from python -m experiment.design) into the store."""
+    try:
+        counts = load_design(get_store(), design, current_app.config["IMAGE_DIR"],
+                             completion_code, prolific_study_id, discard_data)
+    except StudyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"loaded {design}: {counts['panels']} panels in {counts['lists']} lists, "
+               f"{counts['practice']} practice panels, {counts['participants']} participants "
+               f"wanted; {counts['images']} images in {current_app.config['IMAGE_DIR']}")
+    click.echo(f"completion code: {counts['completion_code']} (enter it in Prolific's study "
+               "settings)")

@@ -1,0 +1,155 @@
+"""Temporary worlds for the server's tests: a small study design on disk, a store
+(SQLite file or a fresh PostgreSQL schema), an app, and a participant helper that walks
+the flow through the HTTP interface."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from experiment.design import build_design, write_study
+
+PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def make_design(root: Path, layers: dict[str, int], n_lists: int, participants: int,
+                practice: int = 6, seed: int = 0) -> Path:
+    """Tiny distinct PNG panels, their manifests and a study.json under ``root``."""
+    rng = np.random.default_rng(seed)
+    (root / "panels").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for layer, n in layers.items():
+        for unit in range(n):
+            pid = f"{layer}_{unit:04d}"
+            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "panels" / f"{pid}.png")
+            rows.append({"panel_id": pid, "layer": layer, "unit": unit,
+                         "path": str(root / "panels" / f"{pid}.png")})
+    prac = []
+    for i in range(practice):
+        pid = f"practice_{i}"
+        pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "panels" / f"{pid}.png")
+        prac.append({"panel_id": pid, "path": str(root / "panels" / f"{pid}.png"),
+                     "label": f"class {i}"})
+    design = build_design(pd.DataFrame(rows), pd.DataFrame(prac), n_lists=n_lists,
+                          participants=participants, seed=seed, practice_trials=practice)
+    return write_study(design, root / "study.json")
+
+
+def postgres_available() -> str | None:
+    """None if the test PostgreSQL answers, else the reason it does not."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_URL, connect_timeout=3):
+            return None
+    except Exception as exc:  # noqa: BLE001 - any failure means: skip with the reason
+        return f"PostgreSQL at {PG_URL} is not reachable ({type(exc).__name__}: {exc})"
+
+
+@contextmanager
+def store_url(kind: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty store: a SQLite file, or a new schema in the test PostgreSQL."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'study.db'}"
+        return
+    reason = postgres_available()
+    if reason:
+        pytest.skip(reason)
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def new_pid() -> str:
+    return secrets.token_hex(12)
+
+
+class Participant:
+    """One participant's browser: walks the flow through the HTTP interface."""
+
+    def __init__(self, client, pid: str | None = None):
+        self.client = client
+        self.pid = pid or new_pid()
+        self.study_id = "a" * 24
+        self.session_id = secrets.token_hex(12)
+
+    def enter(self, follow: bool = False, **params: str):
+        query = {"PROLIFIC_PID": self.pid, "STUDY_ID": self.study_id,
+                 "SESSION_ID": self.session_id, **params}
+        return self.client.get("/", query_string=query, follow_redirects=follow)
+
+    def csrf(self) -> str:
+        with self.client.session_transaction() as sess:
+            if "csrf" not in sess:
+                sess["csrf"] = secrets.token_urlsafe(16)
+            return sess["csrf"]
+
+    def post(self, path: str, **form: str):
+        return self.client.post(path, data={"csrf_token": self.csrf(), **form})
+
+    def consent(self, choice: str = "agree"):
+        return self.post("/consent", choice=choice)
+
+    def instructions(self):
+        return self.post("/instructions")
+
+    def device(self, width: int = 1280, height: int = 800, **extra: str):
+        form = {"width": str(width), "height": str(height), "screen_width": "1920",
+                "screen_height": "1080", "touch_only": "0", "mobile": "0", **extra}
+        return self.post("/device", **form)
+
+    def ready(self):
+        """Enter, consent, read the instructions, pass the device check."""
+        self.enter()
+        for step in (self.consent, self.instructions, self.device):
+            response = step()
+            assert response.status_code == 302, (step.__name__, response.status_code)
+        return self.state()
+
+    def state(self) -> dict[str, Any]:
+        response = self.client.get("/api/state")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return response.get_json()
+
+    def answer(self, index: int, yes: bool = False, text: str | None = None,
+               panel_id: str | None = None, **extra: Any):
+        if panel_id is None:
+            panel_id = self.state()["trials"][index]["panel_id"]
+        body = {"trial_index": index, "panel_id": panel_id, "answer_yes": yes,
+                "object_text": text, "rt_answer_ms": 900 + index,
+                "rt_text_ms": 1500 if yes else None,
+                "shown_at": 1.7e12, "client_answered_at": 1.7e12 + 2400, **extra}
+        return self.client.post("/api/responses", json=body,
+                                 headers={"X-CSRF-Token": self.csrf()})
+
+    def answer_all(self, start: int = 0) -> dict[str, Any]:
+        state = self.state()
+        data = {}
+        for trial in state["trials"][start:]:
+            yes = trial["index"] % 2 == 0
+            response = self.answer(trial["index"], yes, "a dog" if yes else None,
+                                   trial["panel_id"])
+            data = response.get_json()
+            assert response.status_code in (200, 201), data
+            assert data["duplicate"] is False and data["stored"] == (response.status_code == 201)
+        return data
