@@ -7,16 +7,27 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
+CHROMIUM ?= /usr/bin/chromium
 OUT    ?= out/demo
 
-.PHONY: install test lint demo example bench clean
+.PHONY: install test lint demo example bench clean chromium
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@test -x $(CHROMIUM) || $(MAKE) --no-print-directory chromium
 	touch $@
+
+# The browser test drives Debian's chromium through Playwright (`playwright install` cannot
+# download here). Installed when missing and this user may; otherwise that test skips.
+chromium:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "could not install chromium: the browser test will skip"; \
+	else echo "chromium is missing (apt-get install chromium): the browser test will skip"; fi
 
 install: $(VENV)/.installed
 

@@ -88,7 +88,22 @@ def create_app(test_config: dict[str, Any] | None = None,
     app.register_blueprint(participant.bp)
     app.register_blueprint(api.bp)
     participant.register_error_pages(app)
+    app.after_request(_security_headers)
     return app
+
+
+# Every page comes from this site only: no inline scripts, no framing, no referrer (study
+# URLs carry Prolific ids).
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; object-src 'none'; "
+                           "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+
+def _security_headers(response):
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    return response
 
 
 def _instance_secret(path: Path) -> str:

@@ -1,8 +1,12 @@
-"""``python -m server COMMAND``: the Flask command line for this app.
+"""python -m server COMMAND: the experiment server's command line.
 
-Commands: ``load-study study.json`` (load a design), ``run`` (the development server; use
-gunicorn 'server:create_app()' in production), ``init-db`` (create or migrate the schema),
-plus Flask's own (``routes``, ``shell``). The store is chosen by ``DATABASE_URL``.
+\b
+  load-study study.json   load a design (python -m experiment.design writes it)
+  run                     the development server (production: gunicorn 'server:create_app()')
+  init-db                 create or migrate the store's schema (also done on start)
+
+The store is chosen by DATABASE_URL (default: a SQLite file in the instance folder,
+FLASK_INSTANCE_PATH); other settings by FLASK_<NAME> variables or instance/config.py.
 """
 
 from flask.cli import FlaskGroup

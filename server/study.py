@@ -15,6 +15,8 @@ import os
 import secrets
 import shutil
 import string
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +70,11 @@ def _store_image(path: Path, image_dir: Path, sha256: str | None) -> str:
 
 def load_design(store: Store, design_path: str | Path, image_dir: str | Path,
                 completion_code: str | None = None, prolific_study_id: str | None = None,
-                discard_data: bool = False) -> dict[str, Any]:
+                discard_data: bool = False,
+                progress: Callable[[Iterable], Iterable] | None = None) -> dict[str, Any]:
     """Load ``design_path`` into ``store``; returns counts. Refuses to replace a study that
-    has participants unless ``discard_data``."""
+    has participants unless ``discard_data``. ``progress`` wraps the image copying (a
+    progress bar)."""
     try:
         design = load_study(design_path)
     except DesignError as exc:
@@ -82,13 +86,11 @@ def load_design(store: Store, design_path: str | Path, image_dir: str | Path,
         raise StudyError(f"completion code {code!r}: use letters and digits only")
 
     # Copy images first (outside the transaction: slow, idempotent).
-    files: dict[str, str] = {}
     practice_ids = list(design["practice"])
-    for pid in practice_ids:
-        info = design["practice_panels"][pid]
-        files[pid] = _store_image(Path(info["path"]), image_dir, info.get("sha256"))
-    for pid, info in design["panels"].items():
-        files[pid] = _store_image(Path(info["path"]), image_dir, info.get("sha256"))
+    sources = [(pid, design["practice_panels"][pid]) for pid in practice_ids]
+    sources += list(design["panels"].items())
+    files = {pid: _store_image(Path(info["path"]), image_dir, info.get("sha256"))
+             for pid, info in (progress or iter)(sources)}
 
     with store.write() as conn:
         n_participants = conn.execute(select(func.count()).select_from(participants)).scalar()
@@ -147,9 +149,13 @@ def init_app(app: Flask) -> None:
 def load_study_command(design: str, completion_code: str | None,
                        prolific_study_id: str | None, discard_data: bool) -> None:
     """Load a study design (study.json from python -m experiment.design) into the store."""
+    def bar(items):
+        with click.progressbar(items, label="copying panel images", file=sys.stderr) as it:
+            yield from it
+
     try:
         counts = load_design(get_store(), design, current_app.config["IMAGE_DIR"],
-                             completion_code, prolific_study_id, discard_data)
+                             completion_code, prolific_study_id, discard_data, progress=bar)
     except StudyError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"loaded {design}: {counts['panels']} panels in {counts['lists']} lists, "

@@ -502,3 +502,12 @@ def test_memory_sqlite_and_unknown_stores_are_refused():
         Store("sqlite://")
     with pytest.raises(ValueError, match="unsupported store"):
         Store("mysql://root@localhost/test")
+
+
+def test_pages_carry_security_headers(app):
+    page = Participant(app.test_client()).enter(follow=True)
+    assert "script-src" not in page.headers["Content-Security-Policy"]   # default-src 'self'
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert page.headers["Referrer-Policy"] == "no-referrer"

@@ -1,0 +1,167 @@
+"""A real browser (Debian's chromium, driven by Playwright, headless) takes part in a study:
+consent, instructions, device check, 6 practice trials, a whole list with a reload in the
+middle and a dropped connection, debrief, and the redirect to Prolific with the code."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from server_world import make_design, new_pid
+from sqlalchemy import select
+from werkzeug.serving import make_server
+
+from server import create_app
+from server.store import participants, responses
+from server.study import load_design
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+playwright_api = pytest.importorskip("playwright.sync_api",
+                                     reason="the playwright package is not installed")
+expect = playwright_api.expect
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no chromium at {CHROMIUM} (Debian package chromium; `make install` adds it)",
+                allow_module_level=True)
+
+
+@pytest.fixture
+def live_server(tmp_path):
+    design = make_design(tmp_path / "design", {"conv5": 3, "fc6": 9, "fc8": 6}, n_lists=3,
+                         participants=3)
+    app = create_app({"SECRET_KEY": "browser-test", "COMPLETE_REDIRECT_SECONDS": 1,
+                      "DATABASE_URL": f"sqlite:///{tmp_path / 'study.db'}"},
+                     instance_path=tmp_path / "instance")
+    with app.app_context():
+        load_design(app.extensions["store"], design, app.config["IMAGE_DIR"],
+                    completion_code="BROWSER1")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield app, f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    app.extensions["store"].dispose()
+
+
+@pytest.fixture
+def page():
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox"])
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        yield page
+        browser.close()
+
+
+def answer_trial(page, yes: bool, text: str = "") -> None:
+    page.locator("#yes").wait_for(state="visible")
+    assert page.locator("#panel").evaluate("img => img.complete && img.naturalWidth > 0")
+    if yes:
+        page.keyboard.press("y")
+        page.locator("#object-text").wait_for(state="visible")
+        page.keyboard.type(text)
+        page.keyboard.press("Enter")
+    else:
+        page.keyboard.press("n")
+
+
+def progress(page) -> str:
+    return page.locator("#progress").inner_text()
+
+
+def test_a_participant_completes_the_study_in_a_real_browser(live_server, page):
+    app, base = live_server
+    pid = new_pid()
+    page.route("https://app.prolific.com/**",
+               lambda route: route.fulfill(status=200, body="<p>Prolific</p>",
+                                           content_type="text/html"))
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(f"{base}/?PROLIFIC_PID={pid}&STUDY_ID={'c' * 24}&SESSION_ID={'d' * 24}")
+    assert page.url.endswith("/consent")
+    page.get_by_role("button", name="I agree to take part").click()
+    page.wait_for_url("**/instructions")
+    # The Continue button has the focus: Enter takes the participant on.
+    expect(page.get_by_role("button", name="Continue")).to_be_focused()
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/device")
+    assert "1280 x 800" in page.locator("#size").inner_text()
+    page.get_by_role("button", name="Check my screen and continue").click()
+    page.wait_for_url("**/trials")
+
+    # The next panel is fetched while the current one is on screen.
+    page.locator("#yes").wait_for(state="visible")
+    trials = page.evaluate("fetch('/api/state').then(r => r.json())")["trials"]
+    for _ in range(100):
+        if base + trials[1]["image"] in requested:
+            break
+        page.wait_for_timeout(50)
+    assert base + trials[1]["image"] in requested
+
+    # Practice: six panels, answered by keyboard.
+    for i in range(6):
+        expect(page.locator("#progress")).to_have_text(f"Practice panel {i + 1} of 6")
+        answer_trial(page, yes=i % 2 == 0, text=f"thing {i}")
+    page.get_by_role("button", name="Start the study").wait_for()
+    page.keyboard.press("Enter")
+
+    # Three main panels, then a reload: the page resumes at the fourth.
+    for i in range(3):
+        expect(page.locator("#progress")).to_have_text(f"Panel {i + 1} of 6")
+        answer_trial(page, yes=i == 1, text="  a  red   car ")
+    expect(page.locator("#progress")).to_have_text("Panel 4 of 6")
+    page.reload()
+    expect(page.locator("#progress")).to_have_text("Panel 4 of 6")
+
+    # The connection drops while the fourth answer is sent: the page says so, keeps the
+    # answer and sends it again; the server stores it once.
+    dropped = []
+
+    def drop_once(route):
+        if not dropped:
+            dropped.append(route.request.post_data)
+            route.abort("internetdisconnected")
+        else:
+            route.continue_()
+
+    page.route("**/api/responses", drop_once)
+    answer_trial(page, yes=True, text="bicycle")
+    page.locator("#network").wait_for(state="visible")
+    assert "answer is kept" in page.locator("#network").inner_text()
+    expect(page.locator("#progress")).to_have_text("Panel 5 of 6")
+    assert page.locator("#network").is_hidden()
+    page.unroute("**/api/responses")
+    assert json.loads(dropped[0])["object_text"] == "bicycle"
+
+    answer_trial(page, yes=False)
+    answer_trial(page, yes=False)
+    page.wait_for_url("**/debrief")
+    page.get_by_role("button", name="Finish and get my completion code").click()
+    page.wait_for_url("**/complete")
+    assert page.locator("#code").inner_text() == "BROWSER1"
+    page.wait_for_url("https://app.prolific.com/submissions/complete?cc=BROWSER1")
+
+    with app.extensions["store"].read() as conn:
+        person = conn.execute(select(participants)
+                              .where(participants.c.prolific_pid == pid)).one()
+        rows = conn.execute(select(responses).where(responses.c.participant_id == person.id)
+                            .order_by(responses.c.trial_index)).all()
+    assert person.status == "completed" and person.debriefed_at is not None
+    assert json.loads(person.device)["width"] == 1280
+    assert [r.trial_index for r in rows] == list(range(12))
+    assert [r.practice for r in rows] == [True] * 6 + [False] * 6
+    assert [r.answer_yes for r in rows] == [True, False] * 3 + [False, True, False, True,
+                                                                False, False]
+    assert [r.object_text for r in rows if r.answer_yes] == [
+        "thing 0", "thing 2", "thing 4", "a red car", "bicycle"]
+    assert all(r.rt_answer_ms >= 0 and r.shown_at and r.answered_at for r in rows)
+    assert all(r.rt_text_ms > 0 for r in rows if r.answer_yes)
+    order = json.loads(person.trial_order)
+    assert [r.panel_id for r in rows] == order
+    assert abs(rows[-1].answered_at - time.time()) < 120
