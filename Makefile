@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 CHROMIUM ?= /usr/bin/chromium
 OUT    ?= out/demo
 
-.PHONY: install test lint demo example bench clean chromium
+.PHONY: install test lint demo example bench clean chromium wordnet
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@test -x $(CHROMIUM) || $(MAKE) --no-print-directory chromium
+	@test -f /usr/share/wordnet/data.noun || $(MAKE) --no-print-directory wordnet
 	touch $@
 
 # The browser test drives Debian's chromium through Playwright (`playwright install` cannot
@@ -28,6 +29,15 @@ chromium:
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 		|| echo "could not install chromium: the browser test will skip"; \
 	else echo "chromium is missing (apt-get install chromium): the browser test will skip"; fi
+
+# Free-text coding (analysis/coding.py) reads WordNet 3.0 from Debian's wordnet-base (or
+# $WORDNET_DIR). Installed when missing and this user may; otherwise the coding tests skip.
+wordnet:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base >/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base >/dev/null) \
+		|| echo "could not install wordnet-base: the coding tests will skip"; \
+	else echo "WordNet is missing (apt-get install wordnet-base): the coding tests will skip"; fi
 
 install: $(VENV)/.installed
 
