@@ -25,7 +25,8 @@ import numpy as np
 
 from .activations import TableWriter
 
-__all__ = ["synthetic_activations", "make_example_table", "main"]
+__all__ = ["synthetic_activations", "make_example_table", "synthetic_ratings",
+           "write_example_ratings", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,81 @@ def make_example_table(
     return os.fspath(path)
 
 
+#: The example's classes stand for these ImageNet classes (index, WordNet id, short name),
+#: so that free-text answers can be coded against WordNet.
+EXAMPLE_IMAGENET_CLASSES = (
+    ("n02099267", "flat-coated retriever"), ("n07742313", "Granny Smith"),
+    ("n07932039", "eggnog"), ("n04037443", "racer"), ("n02123045", "tabby"),
+    ("n01530575", "brambling"), ("n03272010", "electric guitar"), ("n07753592", "banana"),
+    ("n02690373", "airliner"), ("n01443537", "goldfish"), ("n03028079", "church"),
+    ("n04254680", "soccer ball"), ("n02504458", "African elephant"), ("n07747607", "orange"),
+    ("n03417042", "garbage truck"), ("n02206856", "bee"), ("n04147183", "schooner"),
+    ("n01644373", "tree frog"), ("n02110958", "pug"), ("n03792782", "mountain bike"),
+)
+
+#: Everyday words a rater might write for each class (a plural, a broader word, a synonym).
+EXAMPLE_ANSWERS = (
+    ("dogs", "a dog", "retriever"), ("apples", "green apple", "fruit"),
+    ("drink", "a glass of milk", "beverage"), ("race car", "cars", "car"),
+    ("cat", "cats", "a tabby cat"), ("bird", "finches", "birds"),
+    ("guitar", "guitars", "electric guitar"), ("bananas", "banana", "fruit"),
+    ("plane", "airplanes", "aircraft"), ("fish", "goldfish", "a fish"),
+    ("church", "churches", "building"), ("football", "balls", "soccer ball"),
+    ("elephant", "elephants", "an elephant"), ("oranges", "orange", "fruit"),
+    ("truck", "lorry", "trucks"), ("bees", "insect", "bee"),
+    ("ship", "boats", "sailing ship"), ("frog", "frogs", "a tree frog"),
+    ("dog", "pug", "dogs"), ("bike", "bicycles", "mountain bike"),
+)
+
+
+def synthetic_ratings(results, rng: np.random.Generator, raters: int = 5,
+                      yes_rates: dict[str, float] | None = None):
+    """Made-up ratings in the server's export format (``responses.csv``), for trying the
+    Table 2 analysis: each unit rated by ``raters`` participants. A unit's raters say yes
+    with its layer's rate; the output layer's units are recognisable (most yes answers name
+    their top class in everyday words), other units get scattered answers."""
+    import pandas as pd
+
+    yes_rates = yes_rates or {"conv5": 0.1, "fc6": 0.15, "fc8": 0.75}
+    rows = []
+    participants = [f"{i:024x}" for i in range(raters)]
+    for trial, (layer, unit, top) in enumerate(zip(results["layer"], results["unit"],
+                                                   results["top_class"], strict=True)):
+        rate = yes_rates.get(layer, 0.1)
+        recognisable = layer == "fc8" and top >= 0
+        for r, pid in enumerate(participants):
+            yes = bool(rng.random() < rate)
+            text = ""
+            if yes:
+                cls = int(top) if recognisable and rng.random() < 0.9 else \
+                    int(rng.integers(len(EXAMPLE_ANSWERS)))
+                text = str(rng.choice(EXAMPLE_ANSWERS[cls % len(EXAMPLE_ANSWERS)]))
+            rows.append({"participant_id": r + 1, "prolific_pid": pid, "list_id": 1,
+                         "trial_index": trial, "practice": False,
+                         "panel_id": f"{layer}_{int(unit):04d}", "layer": layer,
+                         "unit": int(unit), "answer_yes": yes, "object_text": text,
+                         "rt_answer_ms": int(rng.integers(600, 4000)),
+                         "rt_text_ms": int(rng.integers(1500, 6000)) if yes else ""})
+    return pd.DataFrame(rows)
+
+
+def write_example_ratings(results_csv: str, out_dir: str, seed: int = 0) -> tuple[str, str]:
+    """``responses.csv`` (synthetic ratings of every unit of ``results_csv``) and
+    ``classes.tsv`` (the example's classes as ImageNet classes) in ``out_dir``."""
+    import pandas as pd
+
+    results = pd.read_csv(results_csv, dtype={"layer": str})
+    responses = synthetic_ratings(results, np.random.default_rng(seed))
+    responses_path = os.path.join(out_dir, "responses.csv")
+    responses.to_csv(responses_path, index=False)
+    classes_path = os.path.join(out_dir, "classes.tsv")
+    with open(classes_path, "w") as fh:
+        fh.write("index\twnid\tname\n")
+        for i, (wnid, name) in enumerate(EXAMPLE_IMAGENET_CLASSES):
+            fh.write(f"{i}\t{wnid}\t{name}\n")
+    return responses_path, classes_path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m analysis.example",
@@ -122,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              "--out", os.path.join(args.out, "figures", "jitter_fc6_0")])),
         ("figures", lambda: figures.main(["a4", "--out", os.path.join(args.out, "figures")])),
     ]
+    if args.classes <= len(EXAMPLE_IMAGENET_CLASSES):
+        steps.append(("table2", lambda: _table2(results, args.out, args.seed)))
     for name, step in steps:
         code = step()
         if code:
@@ -129,6 +207,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
     print(f"example pipeline done in {time.perf_counter() - started:.1f} s: see {args.out}/")
     return 0
+
+
+def _table2(results: str, out: str, seed: int) -> int:
+    from . import table2
+
+    responses, classes = write_example_ratings(results, out, seed)
+    print("Table 2 on synthetic ratings (made up: see analysis.example.synthetic_ratings):")
+    return table2.main(["--responses", responses, "--selectivity", results,
+                        "--classes", classes, "--out", os.path.join(out, "table2")])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,583 @@
+"""Table 2: the human ratings joined with the selectivity measures (DESIGN.md §7).
+
+Per layer:
+
+- % yes responses, over judgments (practice trials never count);
+- % of units with at least ``threshold`` (80%) yes;
+- among those units, % where the humans agree on the object, % where their object matches
+  the unit's top class (TCS), and % where it matches its CCMAS class.
+
+Each percentage comes with its n, the binomial standard error ``sqrt(p(1-p)/n)`` (the
+paper's ±) and a Wilson 95% interval. Definitions, for a unit's coded yes answers (free
+text coded to WordNet senses by :mod:`analysis.coding`; uncoded answers are left out of
+these two rules and counted):
+
+- the humans **agree** when at least two answers are coded and one of them agrees with
+  every other (a consensus answer);
+- the humans' object **matches** a class when more than half of the coded answers match it.
+
+Beyond the paper: Fleiss' kappa on yes/no per layer, a mixed-effects logistic regression
+of yes on layer (random intercepts for participant and panel), and per layer the relation
+between a unit's share of yes and each selectivity measure (Spearman's rho and a logistic
+fit), with a figure. Layers in the order they first appear in the responses.
+
+Command line (from the repository root)::
+
+    python analysis/table2.py --responses responses.csv --selectivity RESULTS.csv \\
+        [--codes codes.csv] [--classes imagenet|digits|FILE] [--threshold 0.8] --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+if __package__ in (None, ""):  # run as a file: python analysis/table2.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+__all__ = [
+    "RESPONSE_COLUMNS", "TABLE2_COLUMNS", "INTERPRETABILITY_MEASURES", "Table2Error",
+    "proportion", "read_responses", "read_participants", "select_judgments", "unit_ratings",
+    "unit_objects", "table2", "format_markdown", "fleiss_kappa", "kappa_by_layer",
+    "mixed_model", "interpretability", "plot_interpretability", "main",
+]
+
+log = logging.getLogger("analysis.table2")
+
+#: The columns of the server's ``responses.csv`` that Table 2 reads.
+RESPONSE_COLUMNS = ("participant_id", "trial_index", "practice", "panel_id", "layer", "unit",
+                    "answer_yes", "object_text")
+
+_STATS = ("", "_se", "_ci_low", "_ci_high")
+TABLE2_COLUMNS = (
+    ["layer", "n_judgments"] + [f"pct_yes{s}" for s in _STATS]
+    + ["n_units"] + [f"pct_units_yes80{s}" for s in _STATS] + ["n_units_yes80"]
+    + [f"pct_agree_humans{s}" for s in _STATS]
+    + [f"pct_match_top_class{s}" for s in _STATS]
+    + [f"pct_match_ccmas_class{s}" for s in _STATS]
+    + ["n_answers_yes80", "n_answers_uncoded"]
+)
+
+#: Selectivity measures related to interpretability (those present in the results).
+INTERPRETABILITY_MEASURES = ("ccmas", "tcs", "precision_100", "precision_60", "ccmas_2",
+                             "top_class_max_informedness", "top_class_average_precision")
+#: The figure's measures (the paper's three).
+FIGURE_MEASURES = ("tcs", "precision_100", "ccmas")
+
+TRUE = {"true", "1", "yes", "t", "y"}
+FALSE = {"false", "0", "no", "f", "n", ""}
+
+
+class Table2Error(ValueError):
+    """An input cannot be used (the message names the file and the problem)."""
+
+
+class CoderLike(Protocol):
+    """What Table 2 needs of :class:`analysis.coding.Coder`."""
+
+    def code(self, text: str) -> Any: ...
+    def agree(self, a: Any, b: Any) -> bool: ...
+    def matches(self, code: Any, class_senses: Iterable[int]) -> bool: ...
+
+
+# -- statistics ----------------------------------------------------------------------------
+
+def proportion(count: int, n: int) -> dict[str, float]:
+    """``count`` of ``n`` as a percentage with the binomial standard error sqrt(p(1-p)/n)
+    and the Wilson 95% interval (all in 0-100; NaN when n is 0)."""
+    if n <= 0:
+        return {"": math.nan, "_se": math.nan, "_ci_low": math.nan, "_ci_high": math.nan}
+    from statsmodels.stats.proportion import proportion_confint
+
+    p = count / n
+    low, high = proportion_confint(count, n, alpha=0.05, method="wilson")
+    return {"": 100 * p, "_se": 100 * math.sqrt(p * (1 - p) / n), "_ci_low": 100 * low,
+            "_ci_high": 100 * high}
+
+
+def fleiss_kappa(counts: np.ndarray) -> float:
+    """Fleiss' kappa for ``counts`` (subjects x categories), allowing a different number of
+    raters per subject (subjects with fewer than two raters are left out). Equal numbers of
+    raters give Fleiss' (1971) statistic exactly."""
+    counts = np.asarray(counts, dtype=float)
+    n = counts.sum(axis=1)
+    counts, n = counts[n >= 2], n[n >= 2]
+    if len(counts) == 0:
+        return math.nan
+    p_i = ((counts ** 2).sum(axis=1) - n) / (n * (n - 1))
+    p_j = counts.sum(axis=0) / n.sum()
+    p_e = float((p_j ** 2).sum())
+    if p_e == 1.0:
+        return math.nan      # every rating the same category: kappa undefined
+    return float((p_i.mean() - p_e) / (1 - p_e))
+
+
+# -- input ---------------------------------------------------------------------------------
+
+def _bools(series: pd.Series, column: str, path: str) -> pd.Series:
+    if series.dtype == bool:
+        return series
+    text = series.astype(str).str.strip().str.lower()
+    bad = ~text.isin(TRUE | FALSE) | series.isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise Table2Error(f"{path}: column {column!r}, data row {row + 1}: "
+                          f"{series.iloc[row]!r} is not true/false")
+    return text.isin(TRUE)
+
+
+def read_responses(path: str | os.PathLike) -> pd.DataFrame:
+    """The server's ``responses.csv`` (one row per trial), checked: the columns of
+    :data:`RESPONSE_COLUMNS`, booleans, integer units. Extra columns are kept."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise Table2Error(f"{path}: no such file (expected the server's responses.csv)")
+    try:
+        df = pd.read_csv(path, dtype={"layer": str, "panel_id": str, "object_text": str,
+                                      "participant_id": str}, keep_default_na=False,
+                         na_values={"unit": [""], "trial_index": [""]})
+    except pd.errors.EmptyDataError:
+        raise Table2Error(f"{path}: the file is empty (expected a header row and one row "
+                          "per trial)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise Table2Error(f"{path}: not a readable CSV file ({exc})") from None
+    missing = [c for c in RESPONSE_COLUMNS if c not in df.columns]
+    if missing:
+        raise Table2Error(f"{path}: missing column(s) {', '.join(missing)} (found: "
+                          f"{', '.join(df.columns) or 'none'}); export with "
+                          "python -m server export")
+    if len(df) == 0:
+        raise Table2Error(f"{path}: holds no responses")
+    df["practice"] = _bools(df["practice"], "practice", path)
+    df["answer_yes"] = _bools(df["answer_yes"], "answer_yes", path)
+    main = ~df["practice"]
+    for column in ("unit", "trial_index"):
+        values = pd.to_numeric(df[column], errors="coerce")
+        bad = (values.isna() | (values != values.round())) & (main | (column == "trial_index"))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise Table2Error(f"{path}: column {column!r}, data row {row + 1}: "
+                              f"{df[column].iloc[row]!r} is not an integer")
+        df[column] = values.astype("Int64")
+    df.attrs["source"] = path
+    return df
+
+
+def read_participants(path: str | os.PathLike) -> pd.DataFrame:
+    """The server's ``participants.csv``: at least ``participant_id`` and ``status``."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise Table2Error(f"{path}: no such file (expected the server's participants.csv)")
+    df = pd.read_csv(path, dtype={"participant_id": str, "status": str})
+    missing = [c for c in ("participant_id", "status") if c not in df.columns]
+    if missing:
+        raise Table2Error(f"{path}: missing column(s) {', '.join(missing)}")
+    return df
+
+
+def select_judgments(responses: pd.DataFrame, participants: pd.DataFrame | None = None,
+                     include_incomplete: bool = False) -> pd.DataFrame:
+    """The main (non-practice) trials of complete participants (all with
+    ``include_incomplete``). Completeness comes from ``participants`` (status
+    "completed"), else a ``participant_status`` column, else it is inferred: a participant
+    is complete when they rated every panel their list holds (``list_id``; without it,
+    as many panels as the most any participant rated)."""
+    main = responses[~responses["practice"]].copy()
+    if include_incomplete or len(main) == 0:
+        return main
+    if participants is not None:
+        done = set(participants.loc[participants["status"] == "completed", "participant_id"])
+        complete = main["participant_id"].isin(done)
+    elif "participant_status" in main.columns:
+        complete = main["participant_status"].astype(str) == "completed"
+    else:
+        rated = main.groupby("participant_id")["panel_id"].nunique()
+        if "list_id" in main.columns:
+            per_list = main.groupby("list_id")["panel_id"].nunique()
+            lists = main.groupby("participant_id")["list_id"].first()
+            needed = lists.map(per_list)
+        else:
+            needed = pd.Series(rated.max(), index=rated.index)
+        complete_ids = set(rated.index[rated >= needed.reindex(rated.index)])
+        complete = main["participant_id"].isin(complete_ids)
+    dropped = main.loc[~complete, "participant_id"].nunique()
+    if dropped:
+        log.info("left out %d incomplete participant(s) (%d judgments); "
+                 "--include-incomplete keeps them", dropped, int((~complete).sum()))
+    return main[complete]
+
+
+# -- per unit ------------------------------------------------------------------------------
+
+def unit_ratings(judgments: pd.DataFrame) -> pd.DataFrame:
+    """One row per rated unit: layer, unit, n (judgments), n_yes, yes_share, and the yes
+    answers' texts (``answers``), layers in order of appearance."""
+    if len(judgments) == 0:
+        return pd.DataFrame(columns=["layer", "unit", "n", "n_yes", "yes_share", "answers"])
+    grouped = judgments.groupby(["layer", "unit"], sort=False)
+    units = grouped.agg(n=("answer_yes", "size"), n_yes=("answer_yes", "sum")).reset_index()
+    answers = (judgments[judgments["answer_yes"]].groupby(["layer", "unit"], sort=False)
+               ["object_text"].agg(list))
+    units["answers"] = [answers.get((layer, unit), []) for layer, unit
+                        in zip(units["layer"], units["unit"], strict=True)]
+    units["n_yes"] = units["n_yes"].astype(int)
+    units["yes_share"] = units["n_yes"] / units["n"]
+    units["unit"] = units["unit"].astype(int)
+    return units
+
+
+def _consensus(codes: Sequence[Any], coder: CoderLike) -> bool:
+    if len(codes) < 2:
+        return False
+    return any(all(coder.agree(a, b) for j, b in enumerate(codes) if j != i)
+               for i, a in enumerate(codes))
+
+
+def _majority_match(codes: Sequence[Any], senses: Iterable[int] | None,
+                    coder: CoderLike) -> bool:
+    if not codes or not senses:
+        return False
+    hits = sum(bool(coder.matches(code, senses)) for code in codes)
+    return hits > len(codes) / 2
+
+
+def unit_objects(units: pd.DataFrame, selectivity: pd.DataFrame, coder: CoderLike,
+                 class_senses: Mapping[int, Iterable[int]]) -> pd.DataFrame:
+    """For each unit of ``units``: the coded answers, whether the humans agree, and whether
+    their object matches the unit's top class and its CCMAS class."""
+    classes = selectivity.set_index(["layer", "unit"])[["top_class", "ccmas_class"]]
+    rows = []
+    for layer, unit, answers in zip(units["layer"], units["unit"], units["answers"],
+                                    strict=True):
+        codes = [coder.code(text) for text in answers]
+        coded = [c for c in codes if _is_coded(c)]
+        top, ccmas = classes.loc[(layer, unit)]
+        rows.append({
+            "layer": layer, "unit": unit, "n_answers": len(codes),
+            "n_uncoded": len(codes) - len(coded),
+            "humans_agree": _consensus(coded, coder),
+            "match_top_class": _majority_match(coded, _senses(class_senses, top), coder),
+            "match_ccmas_class": _majority_match(coded, _senses(class_senses, ccmas), coder),
+        })
+    return pd.DataFrame(rows, columns=["layer", "unit", "n_answers", "n_uncoded",
+                                       "humans_agree", "match_top_class", "match_ccmas_class"])
+
+
+def _is_coded(code: Any) -> bool:
+    coded = getattr(code, "coded", None)
+    return bool(code) if coded is None else bool(coded)
+
+
+def _senses(class_senses: Mapping[int, Iterable[int]], cls: Any):
+    if cls is None or (isinstance(cls, float) and math.isnan(cls)) or int(cls) < 0:
+        return None
+    return class_senses.get(int(cls))
+
+
+def _check_units(units: pd.DataFrame, selectivity: pd.DataFrame, where: str) -> None:
+    missing_cols = [c for c in ("layer", "unit", "top_class", "ccmas_class")
+                    if c not in selectivity.columns]
+    if missing_cols:
+        raise Table2Error(f"{where}: the selectivity results lack column(s) "
+                          f"{', '.join(missing_cols)}")
+    known_layers = set(selectivity["layer"])
+    unknown = [layer for layer in units["layer"].unique() if layer not in known_layers]
+    if unknown:
+        raise Table2Error(f"{where}: layer(s) {', '.join(map(str, unknown))} of the responses "
+                          "have no selectivity results (found layers: "
+                          f"{', '.join(map(str, sorted(known_layers)))})")
+    have = set(zip(selectivity["layer"], selectivity["unit"].astype(int), strict=True))
+    lacking = [(layer, unit) for layer, unit in zip(units["layer"], units["unit"], strict=True)
+               if (layer, int(unit)) not in have]
+    if lacking:
+        shown = ", ".join(f"{layer}/{unit}" for layer, unit in lacking[:5])
+        raise Table2Error(f"{where}: {len(lacking)} rated unit(s) have no selectivity row "
+                          f"({shown}{', ...' if len(lacking) > 5 else ''}): were the panels "
+                          "made from another network or results file?")
+
+
+# -- the table -----------------------------------------------------------------------------
+
+def table2(judgments: pd.DataFrame, selectivity: pd.DataFrame, coder: CoderLike,
+           class_senses: Mapping[int, Iterable[int]], threshold: float = 0.8,
+           where: str = "responses") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 2 (one row per layer, :data:`TABLE2_COLUMNS`) and the per-unit detail."""
+    if not 0 < threshold <= 1:
+        raise Table2Error(f"threshold {threshold}: must be in (0, 1]")
+    if len(judgments) == 0:
+        raise Table2Error(f"{where}: no judgments left (only practice trials, or no complete "
+                          "participant; --include-incomplete keeps incomplete ones)")
+    units = unit_ratings(judgments)
+    _check_units(units, selectivity, where)
+    units["yes80"] = units["yes_share"] >= threshold - 1e-12
+    objects = unit_objects(units[units["yes80"]], selectivity, coder, class_senses)
+    detail = units.merge(objects, on=["layer", "unit"], how="left")
+    rows = []
+    for layer in judgments["layer"].drop_duplicates():
+        j = judgments[judgments["layer"] == layer]
+        u = detail[detail["layer"] == layer]
+        high = u[u["yes80"]]
+        row: dict[str, Any] = {"layer": layer, "n_judgments": len(j)}
+        _put(row, "pct_yes", int(j["answer_yes"].sum()), len(j))
+        row["n_units"] = len(u)
+        _put(row, "pct_units_yes80", len(high), len(u))
+        row["n_units_yes80"] = len(high)
+        for name, column in (("pct_agree_humans", "humans_agree"),
+                             ("pct_match_top_class", "match_top_class"),
+                             ("pct_match_ccmas_class", "match_ccmas_class")):
+            _put(row, name, int(high[column].astype(bool).sum()), len(high))
+        row["n_answers_yes80"] = int(high["n_answers"].sum()) if len(high) else 0
+        row["n_answers_uncoded"] = int(high["n_uncoded"].sum()) if len(high) else 0
+        rows.append(row)
+    return pd.DataFrame(rows, columns=TABLE2_COLUMNS), detail.drop(columns=["answers"])
+
+
+def _put(row: dict[str, Any], name: str, count: int, n: int) -> None:
+    for suffix, value in proportion(count, n).items():
+        row[name + suffix] = value
+
+
+def _cell(row: pd.Series, name: str, n: int) -> str:
+    if n == 0 or math.isnan(row[name]):
+        return "– (n=0)"
+    return f"{row[name]:.1f} ± {row[name + '_se']:.1f} (n={n:,})"
+
+
+def format_markdown(table: pd.DataFrame, threshold: float = 0.8) -> str:
+    """Table 2 as Markdown: each percentage ± the binomial SE, with its n."""
+    pct = f"{100 * threshold:g}"
+    header = ["layer", "% yes (of judgments)", f"% units with ≥{pct}% yes",
+              "humans agree (% of those units)", "match top class (%)",
+              "match CCMAS class (%)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in table.iterrows():
+        n_high = int(row["n_units_yes80"])
+        cells = [str(row["layer"]), _cell(row, "pct_yes", int(row["n_judgments"])),
+                 _cell(row, "pct_units_yes80", int(row["n_units"])),
+                 _cell(row, "pct_agree_humans", n_high),
+                 _cell(row, "pct_match_top_class", n_high),
+                 _cell(row, "pct_match_ccmas_class", n_high)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# -- beyond the paper ----------------------------------------------------------------------
+
+def kappa_by_layer(judgments: pd.DataFrame) -> pd.DataFrame:
+    """Fleiss' kappa on yes/no per layer (units as subjects, their raters as raters)."""
+    rows = []
+    for layer in judgments["layer"].drop_duplicates():
+        j = judgments[judgments["layer"] == layer]
+        counts = j.groupby("unit")["answer_yes"].agg(["sum", "size"])
+        table = np.column_stack([counts["sum"], counts["size"] - counts["sum"]])
+        rows.append({"layer": layer, "n_units": int((counts["size"] >= 2).sum()),
+                     "n_judgments": len(j), "fleiss_kappa": fleiss_kappa(table)})
+    return pd.DataFrame(rows, columns=["layer", "n_units", "n_judgments", "fleiss_kappa"])
+
+
+def mixed_model(judgments: pd.DataFrame, seed: int = 0) -> str:
+    """A mixed-effects logistic regression of yes on layer with crossed random intercepts
+    for participant and panel (statsmodels' BinomialBayesMixedGLM, variational Bayes).
+    Returns a plain-text report with the fit and its caveats."""
+    from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
+
+    data = judgments[["answer_yes", "layer", "participant_id", "panel_id"]].copy()
+    data["yes"] = data["answer_yes"].astype(float)
+    layers = list(data["layer"].drop_duplicates())
+    lines = ["Mixed-effects logistic regression: yes ~ layer + (1 | participant) + (1 | panel)",
+             f"judgments: {len(data):,}; participants: {data['participant_id'].nunique():,}; "
+             f"panels: {data['panel_id'].nunique():,}; layers: {', '.join(map(str, layers))}",
+             ""]
+    if len(layers) < 2 or data["yes"].nunique() < 2:
+        lines.append("Not fitted: it needs at least two layers and both answers.")
+        return "\n".join(lines) + "\n"
+    data["layer"] = pd.Categorical(data["layer"], categories=layers)
+    np.random.seed(seed)
+    model = BinomialBayesMixedGLM.from_formula(
+        "yes ~ C(layer)", {"participant": "0 + C(participant_id)", "panel": "0 + C(panel_id)"},
+        data)
+    result = model.fit_vb()
+    names = model.exog_names
+    k = len(names)
+    lines.append(f"{'term':<32} {'post. mean':>10} {'post. SD':>9}   odds ratio")
+    for i, name in enumerate(names):
+        mean, sd = result.fe_mean[i], result.fe_sd[i]
+        lines.append(f"{name:<32} {mean:>10.3f} {sd:>9.3f}   {math.exp(mean):.3g}")
+    lines.append("")
+    lines.append("random-intercept SDs (posterior mean of log SD, exponentiated):")
+    for name, value in zip(model.vcp_names, result.vcp_mean, strict=True):
+        lines.append(f"  {name:<14} {math.exp(value):.3f}")
+    lines += ["",
+              f"Reference layer: {layers[0]}; the other terms are log-odds differences.",
+              "Caveats: a variational Bayes approximation (posterior means and SDs, not "
+              "maximum-likelihood estimates or p-values); random intercepts only (no "
+              "random slopes); with few judgments per panel the panel variance is poorly "
+              f"determined. Fixed effects: {k}."]
+    return "\n".join(lines) + "\n"
+
+
+def interpretability(units: pd.DataFrame, selectivity: pd.DataFrame,
+                     measures: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per layer and measure: Spearman's rho between a unit's share of yes and the measure,
+    and a logistic fit of its yes/no counts on the measure (standardised within the layer):
+    the paper's claim is that interpretable units are not the selective ones."""
+    from scipy.stats import spearmanr
+    from statsmodels.api import GLM, add_constant, families
+
+    measures = [m for m in (measures or INTERPRETABILITY_MEASURES) if m in selectivity.columns]
+    merged = units.merge(selectivity[["layer", "unit", *measures]], on=["layer", "unit"])
+    rows = []
+    for layer in units["layer"].drop_duplicates():
+        part = merged[merged["layer"] == layer]
+        for measure in measures:
+            ok = part[np.isfinite(part[measure].astype(float))]
+            row: dict[str, Any] = {"layer": layer, "measure": measure, "n_units": len(ok),
+                                   "spearman_rho": math.nan, "spearman_p": math.nan,
+                                   "logit_slope_per_sd": math.nan, "logit_se": math.nan,
+                                   "logit_p": math.nan}
+            x = ok[measure].astype(float).to_numpy()
+            if len(ok) >= 3 and np.ptp(x) > 0 and np.ptp(ok["yes_share"]) > 0:
+                rho, p = spearmanr(x, ok["yes_share"])
+                row.update(spearman_rho=float(rho), spearman_p=float(p))
+            if len(ok) >= 3 and np.ptp(x) > 0:
+                z = (x - x.mean()) / x.std()
+                endog = np.column_stack([ok["n_yes"], ok["n"] - ok["n_yes"]]).astype(float)
+                try:
+                    fit = GLM(endog, add_constant(z), family=families.Binomial()).fit()
+                    row.update(logit_slope_per_sd=float(fit.params[1]),
+                               logit_se=float(fit.bse[1]), logit_p=float(fit.pvalues[1]))
+                except (np.linalg.LinAlgError, ValueError) as exc:
+                    log.warning("%s/%s: logistic fit failed (%s)", layer, measure, exc)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_interpretability(units: pd.DataFrame, selectivity: pd.DataFrame, out: Path,
+                          measures: Sequence[str] = FIGURE_MEASURES,
+                          threshold: float = 0.8) -> list[Path]:
+    """A unit's share of yes against TCS, precision and CCMAS, one row of panels per layer,
+    the threshold dashed (PNG and SVG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measures = [m for m in measures if m in selectivity.columns]
+    merged = units.merge(selectivity[["layer", "unit", *measures]], on=["layer", "unit"])
+    layers = list(units["layer"].drop_duplicates())
+    fig, axes = plt.subplots(len(layers), len(measures), squeeze=False,
+                             figsize=(3.2 * len(measures), 2.6 * len(layers)))
+    rng = np.random.default_rng(0)
+    for r, layer in enumerate(layers):
+        part = merged[merged["layer"] == layer]
+        for c, measure in enumerate(measures):
+            ax = axes[r][c]
+            jitter = rng.uniform(-0.015, 0.015, len(part))
+            ax.scatter(part[measure], part["yes_share"] + jitter, s=8, alpha=0.5,
+                       color="#2f5d9b", edgecolors="none")
+            ax.axhline(threshold, color="#a31515", linestyle="--", linewidth=0.8)
+            ax.set_ylim(-0.05, 1.05)
+            ax.set_xlabel(measure)
+            if c == 0:
+                ax.set_ylabel(f"{layer}: share of yes")
+    fig.suptitle("Interpretability (share of yes) against selectivity, per unit")
+    fig.tight_layout()
+    paths = [out / "yes_vs_selectivity.png", out / "yes_vs_selectivity.svg"]
+    for path in paths:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return paths
+
+
+# -- command line --------------------------------------------------------------------------
+
+def _class_senses(spec: str, coder) -> dict[int, frozenset[int]]:
+    from analysis import coding
+
+    if spec == "imagenet":
+        return coding.imagenet_class_senses()
+    if spec == "digits":
+        return coding.class_senses_from_names([str(d) for d in range(10)], coder)
+    return coding.read_class_map(spec, coder)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python analysis/table2.py",
+        description="Table 2 of the paper: per layer, the %% of yes responses, the %% of "
+                    "units with >=80%% yes, and among those the %% where the humans agree on "
+                    "the object and where it matches the unit's top class and CCMAS class; "
+                    "plus Fleiss' kappa, a mixed-effects logistic regression and the relation "
+                    "of interpretability to each selectivity measure.")
+    parser.add_argument("--responses", required=True,
+                        help="responses.csv exported by the server (python -m server export)")
+    parser.add_argument("--selectivity", required=True,
+                        help="results CSV of python -m analysis.selectivity for the same network")
+    parser.add_argument("--out", required=True, help="folder for table2.md, table2.csv, ...")
+    parser.add_argument("--codes", help="edited codes.csv (python -m analysis.coding review): "
+                                        "its codes take precedence over the automatic ones")
+    parser.add_argument("--participants", help="participants.csv: completeness from its status")
+    parser.add_argument("--classes", default="imagenet",
+                        help="class synsets: 'imagenet' (the ILSVRC-2012 classes, default), "
+                             "'digits' (the demo's 0-9), or a TSV with columns index, name[, wnid]")
+    parser.add_argument("--threshold", type=float, default=0.8,
+                        help="share of yes that makes a unit 'interpretable' (default 0.8)")
+    parser.add_argument("--include-incomplete", action="store_true",
+                        help="keep the judgments of participants who did not finish")
+    parser.add_argument("--no-extras", action="store_true",
+                        help="only Table 2 (no kappa, mixed model, correlations, figure)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from analysis import coding
+    from analysis.tables import ResultsError, read_results
+
+    try:
+        responses = read_responses(args.responses)
+        participants = read_participants(args.participants) if args.participants else None
+        selectivity = read_results(args.selectivity, required=("layer", "unit", "top_class",
+                                                               "ccmas_class"))
+        overrides = coding.read_codes(args.codes) if args.codes else None
+        coder = coding.Coder(overrides=overrides)
+        class_senses = _class_senses(args.classes, coder)
+        judgments = select_judgments(responses, participants, args.include_incomplete)
+        table, detail = table2(judgments, selectivity, coder, class_senses, args.threshold,
+                               where=args.responses)
+    except (Table2Error, ResultsError, coding.CodingError, coding.WordNetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = format_markdown(table, args.threshold)
+    (out / "table2.md").write_text("# Table 2\n\n" + markdown)
+    table.to_csv(out / "table2.csv", index=False)
+    detail.to_csv(out / "table2_units.csv", index=False)
+    print(markdown, end="")
+    if not args.no_extras:
+        units = detail[["layer", "unit", "n", "n_yes", "yes_share"]]
+        kappa_by_layer(judgments).to_csv(out / "kappa.csv", index=False)
+        interpretability(units, selectivity).to_csv(out / "interpretability.csv", index=False)
+        (out / "mixed_model.txt").write_text(mixed_model(judgments))
+        plot_interpretability(units, selectivity, out, threshold=args.threshold)
+        log.info("wrote kappa.csv, interpretability.csv, mixed_model.txt and "
+                 "yes_vs_selectivity.png/.svg")
+    log.info("wrote %s", out / "table2.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
