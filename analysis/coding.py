@@ -220,6 +220,23 @@ def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
             yield lineno, line.split("\t")
 
 
+def _table(path: Path, required: Sequence[str], what: str, columns: str
+           ) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header and the remaining rows of a TSV that needs the ``required`` columns."""
+    if not path.is_file():
+        raise CodingError(f"{path}: {what} not found")
+    rows = _rows(path)
+    try:
+        lineno, header = next(rows)
+    except StopIteration:
+        raise CodingError(f"{path}: empty {what} (columns {columns})") from None
+    header = [h.strip() for h in header]
+    if any(column not in header for column in required):
+        raise CodingError(f"{path}, line {lineno}: expected columns {columns}; "
+                          f"got {header!r}")
+    return header, rows
+
+
 def _parse_wnids(text: str, wordnet: WordNet, where: str) -> list[int]:
     offsets = []
     for wnid in text.split():
@@ -546,18 +563,8 @@ def imagenet_class_senses(path: str | Path | None = None, *,
             raise CodingError("the ImageNet class list is missing (looked for "
                               + ", ".join(str(p) for p in IMAGENET_CLASSES_PATHS) + ")")
     path = Path(path)
-    if not path.is_file():
-        raise CodingError(f"{path}: class list not found")
+    header, rows = _table(path, ("index", "wnid"), "class list", "index, wnid, name")
     wordnet = wordnet or load_wordnet()
-    rows = _rows(path)
-    try:
-        lineno, header = next(rows)
-    except StopIteration:
-        raise CodingError(f"{path}: empty class list") from None
-    header = [h.strip() for h in header]
-    if "index" not in header or "wnid" not in header:
-        raise CodingError(f"{path}, line {lineno}: expected columns index, wnid, name; "
-                          f"got {header!r}")
     i_index, i_wnid = header.index("index"), header.index("wnid")
     out: dict[int, frozenset[int]] = {}
     for lineno, fields in rows:
@@ -623,17 +630,7 @@ def read_class_map(path: str | Path, coder: Coder) -> dict[int, frozenset[int]]:
     ``wnid`` (space-separated ids allowed): the wnid wins when given, else the name is
     coded. Errors name the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise CodingError(f"{path}: class map not found")
-    rows = _rows(path)
-    try:
-        lineno, header = next(rows)
-    except StopIteration:
-        raise CodingError(f"{path}: empty class map (columns index, name[, wnid])") from None
-    header = [h.strip() for h in header]
-    if "index" not in header or "name" not in header:
-        raise CodingError(f"{path}, line {lineno}: expected columns index, name[, wnid]; "
-                          f"got {header!r}")
+    header, rows = _table(path, ("index", "name"), "class map", "index, name[, wnid]")
     i_index, i_name = header.index("index"), header.index("name")
     i_wnid = header.index("wnid") if "wnid" in header else None
     out: dict[int, frozenset[int]] = {}

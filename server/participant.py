@@ -11,6 +11,7 @@ and stores nothing: its progress lives in the signed session cookie only.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -176,15 +177,24 @@ def _goto(visit: Visit | None):
     return redirect(url_for(f"participant.{stage(visit)}"))
 
 
-def _page(name: str):
-    """The visit if it belongs on page ``name``; otherwise a redirect to where it belongs."""
-    try:
-        visit = current_visit()
-    except AssignmentError as exc:
-        return None, _problem(exc)
-    if visit is None or stage(visit) != name:
-        return None, _goto(visit)
-    return visit, None
+def stage_page(name: str):
+    """Decorate a view of stage ``name``: it receives the visit when the participant belongs
+    there; everyone else is sent where they belong (or shown why they cannot go on)."""
+
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            try:
+                visit = current_visit()
+            except AssignmentError as exc:
+                return _problem(exc)
+            if visit is None or stage(visit) != name:
+                return _goto(visit)
+            return view(visit, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def _problem(exc: AssignmentError, status: int = 200):
@@ -268,10 +278,8 @@ def study():
 # --- the steps ----------------------------------------------------------------------------
 
 @bp.route("/consent", methods=["GET", "POST"])
-def consent():
-    visit, other = _page("consent")
-    if other is not None:
-        return other
+@stage_page("consent")
+def consent(visit: Visit):
     if request.method == "POST":
         check_csrf()
         choice = request.form.get("choice")
@@ -286,10 +294,8 @@ def consent():
 
 
 @bp.route("/instructions", methods=["GET", "POST"])
-def instructions():
-    visit, other = _page("instructions")
-    if other is not None:
-        return other
+@stage_page("instructions")
+def instructions(visit: Visit):
     if request.method == "POST":
         check_csrf()
         advance(visit, instructions=True)
@@ -319,10 +325,8 @@ def _int_field(name: str) -> int:
 
 
 @bp.route("/device", methods=["GET", "POST"])
-def device():
-    visit, other = _page("device")
-    if other is not None:
-        return other
+@stage_page("device")
+def device(visit: Visit):
     problems: list[str] = []
     if request.method == "POST":
         check_csrf()
@@ -346,19 +350,15 @@ def _mobile_agent() -> bool:
 
 
 @bp.get("/trials")
-def trials():
-    visit, other = _page("trials")
-    if other is not None:
-        return other
+@stage_page("trials")
+def trials(visit: Visit):
     return render_template("trials.html", visit=visit,
                            text_max=current_app.config["OBJECT_TEXT_MAX"])
 
 
 @bp.route("/debrief", methods=["GET", "POST"])
-def debrief():
-    visit, other = _page("debrief")
-    if other is not None:
-        return other
+@stage_page("debrief")
+def debrief(visit: Visit):
     if request.method == "POST":
         check_csrf()
         advance(visit, debriefed=True)
@@ -367,10 +367,8 @@ def debrief():
 
 
 @bp.get("/complete")
-def complete():
-    visit, other = _page("complete")
-    if other is not None:
-        return other
+@stage_page("complete")
+def complete(visit: Visit):
     url = None
     if not visit.preview:
         url = current_app.config["PROLIFIC_COMPLETE_URL"].format(code=visit.completion_code)
@@ -379,18 +377,14 @@ def complete():
 
 
 @bp.get("/declined")
-def declined():
-    visit, other = _page("declined")
-    if other is not None:
-        return other
+@stage_page("declined")
+def declined(visit: Visit):
     return render_template("problem_declined.html", preview=False)
 
 
 @bp.get("/ended")
-def ended():
-    visit, other = _page("ended")
-    if other is not None:
-        return other
+@stage_page("ended")
+def ended(visit: Visit):
     return render_template("problem_ended.html")
 
 
