@@ -76,6 +76,7 @@ example: install
 bench: install
 	$(BIN)/python benchmarks/selectivity.py
 	$(BIN)/python benchmarks/record.py
+	$(BIN)/python benchmarks/table2.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache
