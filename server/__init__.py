@@ -32,8 +32,11 @@ DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": None,
     # Where the study's panel images are kept (content-addressed); default instance/images.
     "IMAGE_DIR": None,
-    # A participant's hold on a list slot. Set it to Prolific's maximum time for the study.
-    "LEASE_MINUTES": 90,
+    # A participant's hold on a list slot: Prolific's maximum time for the study, which
+    # Prolific derives from the estimated completion time (see assignment.lease_seconds);
+    # LEASE_MINUTES, when set, overrides it.
+    "ESTIMATED_MINUTES": 30,
+    "LEASE_MINUTES": None,
     # Prolific passes these in the study URL; each must match this pattern.
     "PROLIFIC_ID_PATTERN": r"[0-9a-fA-F]{24}",
     "PROLIFIC_COMPLETE_URL": "https://app.prolific.com/submissions/complete?cc={code}",

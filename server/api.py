@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, abort, current_app, jsonify, request, url_for
 from sqlalchemy import select
 
-from .assignment import Answer, AssignmentError, TrialError, record_response
+from .assignment import Answer, AssignmentError, TrialError, lease_seconds, record_response
 from .csrf import check_csrf
 from .participant import Visit, current_visit, preview_answered, stage
 from .store import get_store, panels
@@ -144,7 +144,7 @@ def respond():
             return _preview_answer(visit, answer)
         stored, written, after = record_response(
             get_store(), visit.token, answer,
-            float(current_app.config["LEASE_MINUTES"]) * 60, visit.n_practice)
+            lease_seconds(current_app.config), visit.n_practice)
     except TrialError as exc:
         abort(exc.status, description=str(exc))
     done = after.n_answered >= after.n_trials

@@ -15,9 +15,10 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +28,28 @@ from sqlalchemy.engine import Connection, Row
 from .store import Store, list_panels, lists, now, panels, participants, responses
 from .study import current_study
 
-__all__ = ["AssignmentError", "NoStudy", "StudyClosed", "StudyFull", "LeaseExpired",
+__all__ = ["prolific_max_minutes", "lease_seconds", "AssignmentError", "NoStudy", "StudyClosed", "StudyFull", "LeaseExpired",
            "TrialError", "ListFill", "list_fill", "start", "trial_order", "renew_lease",
            "record_response", "stored_response", "participant_by_token", "Answer"]
 
 _rng = random.SystemRandom()
+
+
+def prolific_max_minutes(estimated_minutes: float) -> float:
+    """Prolific's (minimum) maximum allowed time for a study whose estimated completion
+    time is X minutes: 2 + X + 2 sqrt(X) (Prolific's participant help, "Timed Out
+    Submissions")."""
+    if estimated_minutes <= 0:
+        raise ValueError(f"estimated completion time {estimated_minutes}: must be positive")
+    return 2 + estimated_minutes + 2 * math.sqrt(estimated_minutes)
+
+
+def lease_seconds(config: Mapping[str, Any]) -> float:
+    """How long a participant holds a list slot: ``LEASE_MINUTES`` when set, else Prolific's
+    maximum time for ``ESTIMATED_MINUTES``."""
+    if config.get("LEASE_MINUTES") is not None:
+        return float(config["LEASE_MINUTES"]) * 60
+    return prolific_max_minutes(float(config["ESTIMATED_MINUTES"])) * 60
 
 
 class AssignmentError(Exception):

@@ -38,6 +38,7 @@ from .assignment import (
     AssignmentError,
     LeaseExpired,
     NoStudy,
+    lease_seconds,
     participant_by_token,
     renew_lease,
     start,
@@ -95,7 +96,7 @@ def stage(visit: Visit) -> str:
 
 
 def _lease_seconds() -> float:
-    return float(current_app.config["LEASE_MINUTES"]) * 60
+    return lease_seconds(current_app.config)
 
 
 def current_visit() -> Visit | None:

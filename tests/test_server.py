@@ -15,7 +15,13 @@ from server_world import Participant, make_design, new_pid, store_url
 from sqlalchemy import func, select
 
 from server import create_app
-from server.assignment import StudyFull, list_fill, start
+from server.assignment import (
+    StudyFull,
+    lease_seconds,
+    list_fill,
+    prolific_max_minutes,
+    start,
+)
 from server.store import SCHEMA_VERSION, Store, meta, participants, responses
 from server.study import StudyError, load_design
 
@@ -309,6 +315,16 @@ def test_expired_session_resumes_only_while_its_list_has_room(make_app):
     refused = slow.answer(1, False, panel_id=row_order(row)[1])
     assert refused.status_code == 409
     assert count(app, responses) == 1
+
+
+def test_lease_defaults_to_prolifics_maximum_time():
+    # Prolific: maximum allowed time = 2 + X + 2 sqrt(X) minutes for an estimate of X
+    assert prolific_max_minutes(30) == pytest.approx(2 + 30 + 2 * 30 ** 0.5)
+    assert prolific_max_minutes(16) == 26
+    assert lease_seconds({"ESTIMATED_MINUTES": 16, "LEASE_MINUTES": None}) == 26 * 60
+    assert lease_seconds({"ESTIMATED_MINUTES": 16, "LEASE_MINUTES": 5}) == 300
+    with pytest.raises(ValueError, match="must be positive"):
+        prolific_max_minutes(0)
 
 
 def list_fill_now(store):
