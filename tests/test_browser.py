@@ -30,11 +30,12 @@ if not Path(CHROMIUM).exists():
 
 
 @pytest.fixture
-def live_server(tmp_path):
+def live_server(tmp_path, request):
+    config = getattr(request, "param", {})
     design = make_design(tmp_path / "design", {"conv5": 3, "fc6": 9, "fc8": 6}, n_lists=3,
-                         participants=3)
+                         participants=config.pop("participants", 3))
     app = create_app({"SECRET_KEY": "browser-test", "COMPLETE_REDIRECT_SECONDS": 1,
-                      "DATABASE_URL": f"sqlite:///{tmp_path / 'study.db'}"},
+                      "DATABASE_URL": f"sqlite:///{tmp_path / 'study.db'}", **config},
                      instance_path=tmp_path / "instance")
     with app.app_context():
         load_design(app.extensions["store"], design, app.config["IMAGE_DIR"],
@@ -165,3 +166,28 @@ def test_a_participant_completes_the_study_in_a_real_browser(live_server, page):
     order = json.loads(person.trial_order)
     assert [r.panel_id for r in rows] == order
     assert abs(rows[-1].answered_at - time.time()) < 120
+
+
+@pytest.mark.parametrize("live_server", [{"LEASE_MINUTES": 0.02}], indirect=True)
+def test_a_participant_whose_place_was_taken_is_told_so(live_server, page):
+    """Past the lease (1.2 s here) and with the place given to others, the next answer is
+    refused and the page explains, instead of taking answers that cannot count."""
+    app, base = live_server
+    page.goto(f"{base}/?PROLIFIC_PID={new_pid()}&STUDY_ID={'c' * 24}&SESSION_ID={'d' * 24}")
+    page.get_by_role("button", name="I agree to take part").click()
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_role("button", name="Check my screen and continue").click()
+    page.wait_for_url("**/trials")
+    answer_trial(page, yes=False)
+    expect(page.locator("#progress")).to_have_text("Practice panel 2 of 6")
+    time.sleep(1.5)
+    # Meanwhile every place of the study goes to others (3 lists of target 1).
+    from server.assignment import start
+
+    for _ in range(3):
+        start(app.extensions["store"], new_pid(), "e" * 24, "f" * 24, lease_seconds=3600)
+    answer_trial(page, yes=False)
+    expect(page.get_by_role("heading", name="The time for this study has run out")) \
+        .to_be_visible()
+    with app.extensions["store"].read() as conn:
+        assert len(conn.execute(select(responses)).all()) == 1

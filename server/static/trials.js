@@ -152,6 +152,12 @@
   function start() {
     fetch(app.dataset.state, { credentials: "same-origin", cache: "no-store" })
       .then(function (r) {
+        if (r.status >= 400 && r.status < 500) {
+          // Not at the trials (session ended, expired, or another step first): the study
+          // page knows where this participant belongs.
+          window.location.assign(app.dataset.study);
+          return new Promise(function () {});
+        }
         if (!r.ok) throw new Error("state " + r.status);
         return r.json();
       })
