@@ -98,6 +98,11 @@ def test_a_participant_completes_the_study_in_a_real_browser(live_server, page):
 
     # The next panel is fetched while the current one is on screen.
     page.locator("#yes").wait_for(state="visible")
+    # The whole panel fits the window, at least 600 px a side, the question beside it.
+    panel, question = page.locator("#panel").bounding_box(), page.locator(".question") \
+        .bounding_box()
+    assert panel["width"] >= 600 and panel["y"] >= 0 and panel["y"] + panel["height"] <= 800
+    assert question["x"] >= panel["x"] + panel["width"] and question["y"] < 100
     trials = page.evaluate("fetch('/api/state').then(r => r.json())")["trials"]
     for _ in range(100):
         if base + trials[1]["image"] in requested:
