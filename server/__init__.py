@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from jinja2 import ChoiceLoader, FileSystemLoader
 
 __all__ = ["create_app", "DEFAULTS"]
 
@@ -83,6 +84,11 @@ def create_app(test_config: dict[str, Any] | None = None,
         app.config["IMAGE_DIR"] = str(Path(app.instance_path) / "images")
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = _instance_secret(Path(app.instance_path) / "secret_key")
+
+    # Experimenters replace any page (consent.html with their approved wording, say) by a
+    # file of the same name in instance/templates.
+    app.jinja_loader = ChoiceLoader([FileSystemLoader(Path(app.instance_path) / "templates"),
+                                     app.jinja_loader])
 
     from . import api, participant, store, study
 

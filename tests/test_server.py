@@ -527,3 +527,17 @@ def test_pages_carry_security_headers(app):
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     assert page.headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_an_instance_template_replaces_a_page(make_app, tmp_path):
+    custom = tmp_path / "instance" / "templates"
+    custom.mkdir(parents=True)
+    (custom / "consent.html").write_text(
+        '{% extends "base.html" %}{% block content %}<p>Approved wording v2</p>'
+        '<form method="post"><input type="hidden" name="csrf_token" value="{{ csrf_token() }}">'
+        '<button name="choice" value="agree">Yes</button></form>{% endblock %}')
+    app = make_app()
+    p = Participant(app.test_client())
+    p.enter()
+    assert b"Approved wording v2" in p.client.get("/consent").data
+    assert p.consent().location == "/study"
