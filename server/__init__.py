@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
 from jinja2 import ChoiceLoader, FileSystemLoader
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 __all__ = ["create_app", "DEFAULTS"]
 
@@ -57,6 +59,19 @@ DEFAULTS: dict[str, Any] = {
     # A stable secret shared by every worker: generated once into the instance folder
     # unless given (``FLASK_SECRET_KEY``).
     "SECRET_KEY": None,
+    # The experimenter side: sessions end this long after login or after this long idle;
+    # logins are refused after this many failures (per user name or address) in the window.
+    "ADMIN_SESSION_MINUTES": 8 * 60,
+    "ADMIN_IDLE_MINUTES": 60,
+    "LOGIN_MAX_FAILURES": 5,
+    "LOGIN_WINDOW_MINUTES": 15,
+    # The dashboard highlights active sessions idle this long (or past their lease).
+    "STALE_MINUTES": 10,
+    # Prolific's webhook secret (workspace hooks/secrets); unset, the webhook is off.
+    "PROLIFIC_WEBHOOK_SECRET": None,
+    # Reverse proxies in front of the app whose X-Forwarded-* headers are trusted (so that
+    # login limits see the real client address); 0 when serving directly.
+    "TRUSTED_PROXIES": 0,
 }
 
 
@@ -90,13 +105,20 @@ def create_app(test_config: dict[str, Any] | None = None,
     app.jinja_loader = ChoiceLoader([FileSystemLoader(Path(app.instance_path) / "templates"),
                                      app.jinja_loader])
 
-    from . import api, participant, store, study
+    from . import admin, api, auth, export, participant, store, study
 
     store.init_app(app)
     study.init_app(app)
+    export.init_app(app)
+    app.cli.add_command(auth.create_admin_command)
     app.register_blueprint(participant.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(admin.bp)
     participant.register_error_pages(app)
+    app.add_template_filter(_isotime, "isotime")
+    proxies = int(app.config["TRUSTED_PROXIES"])
+    if proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
     app.after_request(_security_headers)
     return app
 
@@ -113,6 +135,14 @@ def _security_headers(response):
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("X-Frame-Options", "DENY")
     return response
+
+
+def _isotime(seconds: float | None, short: bool = False) -> str:
+    """Epoch seconds as UTC: ``2026-11-26T01:02:03Z`` (``short``: ``11-26 01:02``)."""
+    if seconds is None:
+        return ""
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
+    return moment.strftime("%m-%d %H:%M") if short else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _instance_secret(path: Path) -> str:

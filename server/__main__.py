@@ -4,6 +4,8 @@
   load-study study.json   load a design (python -m experiment.design writes it)
   run                     the development server (production: gunicorn 'server:create_app()')
   init-db                 create or migrate the store's schema (also done on start)
+  create-admin NAME       an experimenter account for the dashboard (/admin/)
+  export --out DIR        responses.csv, participants.csv and the same as JSON
 
 The store is chosen by DATABASE_URL (default: a SQLite file in the instance folder,
 FLASK_INSTANCE_PATH); other settings by FLASK_<NAME> variables or instance/config.py.

@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, abort, current_app, jsonify, request, url_for
 from sqlalchemy import select
 
+from . import prolific
 from .assignment import Answer, AssignmentError, TrialError, lease_seconds, record_response
 from .csrf import check_csrf
 from .participant import Visit, current_visit, preview_answered, stage
@@ -153,6 +154,24 @@ def respond():
         answer_yes=stored["answer_yes"], object_text=stored["object_text"],
         next_index=after.n_answered, n_trials=after.n_trials, done=done,
         next=url_for("participant.study") if done else None)), 201 if written else 200
+
+
+@bp.post("/prolific/webhook")
+def prolific_webhook():
+    """Prolific's submission.status.change: a returned, timed-out or rejected submission
+    frees its slot. Signed with the shared secret; a repeat changes nothing."""
+    secret = current_app.config["PROLIFIC_WEBHOOK_SECRET"]
+    if not secret:
+        abort(404, description="The Prolific webhook is not configured "
+                               "(set FLASK_PROLIFIC_WEBHOOK_SECRET).")
+    body = request.get_data(cache=False)
+    try:
+        prolific.verify(secret, request.headers.get("X-Prolific-Request-Timestamp"), body,
+                        request.headers.get("X-Prolific-Request-Signature"))
+        result = prolific.apply_event(get_store(), body)
+    except prolific.WebhookError as exc:
+        abort(exc.status, description=str(exc))
+    return _no_store(jsonify(result))
 
 
 def _preview_answer(visit: Visit, answer: Answer):

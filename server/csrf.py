@@ -26,6 +26,7 @@ def check_csrf() -> None:
     """Abort with 400 unless the request carries this session's token."""
     sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
     expected = session.get("csrf")
-    if not expected or not isinstance(sent, str) or not hmac.compare_digest(sent, expected):
+    if not expected or not isinstance(sent, str) or \
+            not hmac.compare_digest(sent.encode("utf-8", "replace"), expected.encode()):
         abort(400, description="The form has expired or did not come from this site: "
                                "reload the page and try again.")

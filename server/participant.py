@@ -82,7 +82,7 @@ def stage(visit: Visit) -> str:
     """The page this participant belongs on."""
     if visit.status == "declined":
         return "declined"
-    if visit.status in ("returned", "timed_out"):
+    if visit.status in ("returned", "timed_out", "rejected"):
         return "ended"
     if visit.status == "completed" or visit.n_answered >= visit.n_trials:
         return "complete" if visit.debriefed else "debrief"
@@ -243,10 +243,16 @@ def entry():
                             _lease_seconds(), request.headers.get("User-Agent", ""))
     except AssignmentError as exc:
         return _problem(exc)
-    session.clear()
+    _forget_participant()
     session["token"] = p.token
     session.permanent = True
     return redirect(url_for("participant.study"))
+
+
+def _forget_participant() -> None:
+    """Drop a participant or preview from this browser (an experimenter stays logged in)."""
+    for key in ("token", "preview"):
+        session.pop(key, None)
 
 
 @bp.get("/preview")
@@ -260,7 +266,7 @@ def preview():
     wanted = request.args.get("list", type=int)
     if wanted is not None and wanted not in ids:
         abort(404, description=f"There is no list {wanted}.")
-    session.clear()
+    _forget_participant()
     session["preview"] = {"list_id": wanted if wanted is not None else random.choice(ids),
                           "seed": random.randrange(2**31), "answered": 0, "consented": False,
                           "instructions": False, "device_ok": False, "debriefed": False}

@@ -40,7 +40,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine, make_url
 
 __all__ = ["Store", "get_store", "init_app", "metadata", "meta", "study", "panels", "lists",
-           "list_panels", "participants", "responses", "SCHEMA_VERSION", "now"]
+           "list_panels", "participants", "responses", "admins", "login_attempts",
+           "webhook_events", "admin_actions", "SCHEMA_VERSION", "now"]
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +135,66 @@ responses = Table(
     UniqueConstraint("participant_id", "trial_index", name="uq_response_trial"),
 )
 
-SCHEMA_VERSION = 1
+# -- the experimenter side (schema version 2) -----------------------------------------------
+
+admins = Table(
+    "admins", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("password_hash", String(256), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_login_at", Float),
+)
+
+# Every login attempt, so that limits hold across gunicorn workers.
+login_attempts = Table(
+    "login_attempts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False, index=True),
+    Column("ip", String(64), nullable=False, index=True),
+    Column("at", Float, nullable=False, index=True),
+    Column("success", Boolean, nullable=False),
+)
+
+# Prolific's webhook deliveries, once each (the key makes a repeat a no-op).
+webhook_events = Table(
+    "webhook_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_key", String(128), nullable=False, unique=True),
+    Column("event_type", String(64), nullable=False),
+    Column("resource_id", String(64)),
+    Column("prolific_pid", String(64)),
+    Column("status", String(32)),
+    Column("outcome", Text, nullable=False),
+    Column("received_at", Float, nullable=False),
+)
+
+# What experimenters did (marking participants, opening and closing the study).
+admin_actions = Table(
+    "admin_actions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("admin", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(128)),
+    Column("at", Float, nullable=False),
+)
+
+SCHEMA_VERSION = 2
+
+_VERSION_1 = ("meta", "study", "panels", "lists", "list_panels", "participants", "responses")
+_VERSION_2 = ("admins", "login_attempts", "webhook_events", "admin_actions")
 
 
 def _migrate_to_1(conn: Connection) -> None:
-    metadata.create_all(conn)
+    metadata.create_all(conn, tables=[metadata.tables[name] for name in _VERSION_1])
+
+
+def _migrate_to_2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[metadata.tables[name] for name in _VERSION_2])
 
 
 # version reached -> the step that reaches it from the one before
-MIGRATIONS = {1: _migrate_to_1}
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}
 
 
 def now() -> float:
