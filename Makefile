@@ -77,6 +77,7 @@ bench: install
 	$(BIN)/python benchmarks/selectivity.py
 	$(BIN)/python benchmarks/record.py
 	$(BIN)/python benchmarks/table2.py
+	$(BIN)/python benchmarks/server_load.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

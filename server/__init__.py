@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 DEFAULTS: dict[str, Any] = {
     # The store: None means a SQLite file ``study.db`` in the instance folder.
     "DATABASE_URL": None,
+    # PostgreSQL connections kept open per process: at least gunicorn's --threads.
+    "DB_POOL_SIZE": 10,
     # Where the study's panel images are kept (content-addressed); default instance/images.
     "IMAGE_DIR": None,
     # A participant's hold on a list slot: Prolific's maximum time for the study, which

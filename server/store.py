@@ -213,7 +213,7 @@ def engine_url(url: str) -> str:
 class Store:
     """The engine and its two kinds of transaction: ``write()`` and ``read()``."""
 
-    def __init__(self, url: str, echo: bool = False):
+    def __init__(self, url: str, echo: bool = False, pool_size: int = 10):
         self.url = engine_url(url)
         parsed = make_url(self.url)
         self.dialect = parsed.get_backend_name()
@@ -225,8 +225,10 @@ class Store:
                                         connect_args={"timeout": 30, "check_same_thread": False})
             _sqlite_setup(self.engine)
         elif self.dialect == "postgresql":
+            # Keep at least one pooled connection per gunicorn thread: connections beyond
+            # the pool are closed on return, and reopening them costs milliseconds.
             self.engine = create_engine(self.url, echo=echo, pool_pre_ping=True,
-                                        pool_size=5, max_overflow=20)
+                                        pool_size=pool_size, max_overflow=pool_size)
         else:
             raise ValueError(f"DATABASE_URL: unsupported store {self.dialect!r}; "
                              "use sqlite:////path/file.db or postgresql://user@host/db")
@@ -304,7 +306,7 @@ def get_store() -> Store:
 
 def init_app(app: Flask) -> None:
     """Open the store named by the app's ``DATABASE_URL``, migrate it, add ``init-db``."""
-    store = Store(app.config["DATABASE_URL"])
+    store = Store(app.config["DATABASE_URL"], pool_size=int(app.config["DB_POOL_SIZE"]))
     store.migrate()
     app.extensions["store"] = store
     app.cli.add_command(init_db_command)
