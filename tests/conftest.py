@@ -1,8 +1,13 @@
-"""Shared fixtures: where the shared data lives (DESIGN.md §8)."""
+"""Shared fixtures: where the shared data lives (DESIGN.md §8); the experiment server's
+temporary worlds (a small design, a fresh SQLite or PostgreSQL store, an app)."""
 
 from pathlib import Path
 
 import pytest
+from server_world import LAYERS, make_design, store_url
+
+from server import create_app
+from server.study import load_design
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SAMPLES = SHARED_DATA / "imagenet-samples"
@@ -14,3 +19,47 @@ def sample_photos() -> list[Path]:
     if not SAMPLES.is_dir():
         pytest.skip(f"{SAMPLES} is absent: the shared data folder sits beside the checkout")
     return sorted(SAMPLES.glob("*.jpg"))
+
+
+# -- the experiment server -------------------------------------------------------------------
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_kind(request):
+    return request.param
+
+
+@pytest.fixture
+def db_url(store_kind, tmp_path):
+    with store_url(store_kind, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def design_file(tmp_path_factory):
+    return make_design(tmp_path_factory.mktemp("design"), LAYERS, n_lists=3, participants=5)
+
+
+@pytest.fixture
+def make_app(db_url, tmp_path, design_file):
+    apps = []
+
+    def factory(design=design_file, **config):
+        app = create_app({"TESTING": True, "SECRET_KEY": "test", "DATABASE_URL": db_url,
+                          **config}, instance_path=tmp_path / "instance")
+        if design is not None:
+            with app.app_context():
+                load_design(app.extensions["store"], design, app.config["IMAGE_DIR"],
+                            completion_code="DONE123")
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        app.extensions["store"].dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+

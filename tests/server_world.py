@@ -19,6 +19,9 @@ from PIL import Image
 
 from experiment.design import build_design, write_study
 
+#: The server tests' design: 18 panels, 6 per list over 3 lists (and 6 practice panels).
+LAYERS = {"conv5": 3, "fc6": 9, "fc8": 6}
+
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 

@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from server_world import Participant, make_design, new_pid, store_url
+from server_world import Participant, new_pid
 from sqlalchemy import event, func, select
 
 from server import create_app
@@ -27,18 +27,6 @@ from server.store import (
 from server.study import load_design
 
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    with store_url(request.param, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def design_file(tmp_path_factory):
-    return make_design(tmp_path_factory.mktemp("design"), {"conv5": 3, "fc6": 9, "fc8": 6},
-                       n_lists=3, participants=5)
 
 
 @pytest.fixture

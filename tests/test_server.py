@@ -11,10 +11,9 @@ import threading
 from collections import Counter
 
 import pytest
-from server_world import Participant, make_design, new_pid, store_url
+from server_world import Participant, make_design, new_pid
 from sqlalchemy import func, select
 
-from server import create_app
 from server.assignment import (
     StudyFull,
     lease_seconds,
@@ -24,48 +23,6 @@ from server.assignment import (
 )
 from server.store import SCHEMA_VERSION, Store, meta, participants, responses
 from server.study import StudyError, load_design
-
-LAYERS = {"conv5": 3, "fc6": 9, "fc8": 6}   # 18 panels, 6 per list
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_kind(request):
-    return request.param
-
-
-@pytest.fixture
-def db_url(store_kind, tmp_path):
-    with store_url(store_kind, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture(scope="session")
-def design_file(tmp_path_factory):
-    return make_design(tmp_path_factory.mktemp("design"), LAYERS, n_lists=3, participants=5)
-
-
-@pytest.fixture
-def make_app(db_url, tmp_path, design_file):
-    apps = []
-
-    def factory(design=design_file, **config):
-        app = create_app({"TESTING": True, "SECRET_KEY": "test", "DATABASE_URL": db_url,
-                          **config}, instance_path=tmp_path / "instance")
-        if design is not None:
-            with app.app_context():
-                load_design(app.extensions["store"], design, app.config["IMAGE_DIR"],
-                            completion_code="DONE123")
-        apps.append(app)
-        return app
-
-    yield factory
-    for app in apps:
-        app.extensions["store"].dispose()
-
-
-@pytest.fixture
-def app(make_app):
-    return make_app()
 
 
 def store_of(app) -> Store:
