@@ -48,7 +48,7 @@ if __package__ in (None, ""):  # run as a file: python analysis/table2.py
 __all__ = [
     "RESPONSE_COLUMNS", "TABLE2_COLUMNS", "INTERPRETABILITY_MEASURES", "Table2Error",
     "proportion", "read_responses", "read_participants", "select_judgments", "unit_ratings",
-    "unit_objects", "table2", "format_markdown", "fleiss_kappa", "kappa_by_layer",
+    "unit_objects", "layer_order", "in_layer_order", "table2", "format_markdown", "fleiss_kappa", "kappa_by_layer",
     "mixed_model", "interpretability", "plot_interpretability", "main",
 ]
 
@@ -323,7 +323,7 @@ def table2(judgments: pd.DataFrame, selectivity: pd.DataFrame, coder: CoderLike,
     objects = unit_objects(units[units["yes80"]], selectivity, coder, class_senses)
     detail = units.merge(objects, on=["layer", "unit"], how="left")
     rows = []
-    for layer in judgments["layer"].drop_duplicates():
+    for layer in layer_order(judgments, selectivity):
         j = judgments[judgments["layer"] == layer]
         u = detail[detail["layer"] == layer]
         high = u[u["yes80"]]
@@ -340,6 +340,21 @@ def table2(judgments: pd.DataFrame, selectivity: pd.DataFrame, coder: CoderLike,
         row["n_answers_uncoded"] = int(high["n_uncoded"].sum()) if len(high) else 0
         rows.append(row)
     return pd.DataFrame(rows, columns=TABLE2_COLUMNS), detail.drop(columns=["answers"])
+
+
+def layer_order(judgments: pd.DataFrame, selectivity: pd.DataFrame) -> list[str]:
+    """The rated layers in the network's order (as in the selectivity results), rather than
+    in the order participants happened to see them."""
+    rated = set(judgments["layer"])
+    ordered = [layer for layer in selectivity["layer"].drop_duplicates() if layer in rated]
+    return ordered + [layer for layer in judgments["layer"].drop_duplicates()
+                      if layer not in ordered]
+
+
+def in_layer_order(judgments: pd.DataFrame, selectivity: pd.DataFrame) -> pd.DataFrame:
+    """``judgments`` sorted (stably) by :func:`layer_order`."""
+    rank = {layer: i for i, layer in enumerate(layer_order(judgments, selectivity))}
+    return judgments.sort_values("layer", key=lambda c: c.map(rank), kind="stable")
 
 
 def _put(row: dict[str, Any], name: str, count: int, n: int) -> None:
@@ -562,6 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         coder = coding.Coder(overrides=overrides)
         class_senses = _class_senses(args.classes, coder)
         judgments = select_judgments(responses, participants, args.include_incomplete)
+        judgments = in_layer_order(judgments, selectivity)
         table, detail = table2(judgments, selectivity, coder, class_senses, args.threshold,
                                where=args.responses)
     except (Table2Error, ResultsError, coding.CodingError, coding.WordNetError) as exc:

@@ -371,3 +371,14 @@ def test_runs_as_a_script_with_every_output(tmp_path):
                           str(selectivity), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "nope.csv: no such file" in bad.stderr
+
+
+def test_layers_come_in_the_networks_order_not_the_order_seen():
+    responses, sel = synthetic(raters=3)
+    shuffled = responses.sample(frac=1, random_state=0)        # fc8 rated first, say
+    table, _ = table2(shuffled, sel, ToyCoder(), CLASSES)
+    assert list(table["layer"]) == ["conv5", "fc6", "fc8"]
+    from analysis.table2 import in_layer_order
+
+    assert list(in_layer_order(shuffled, sel)["layer"].drop_duplicates()) == ["conv5", "fc6",
+                                                                              "fc8"]
