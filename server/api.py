@@ -12,7 +12,7 @@ import math
 import re
 from typing import Any
 
-from flask import Blueprint, abort, current_app, jsonify, request, url_for
+from flask import Blueprint, abort, current_app, jsonify, request, session, url_for
 from sqlalchemy import select
 
 from . import prolific
@@ -137,22 +137,24 @@ def respond():
     if not request.is_json:
         abort(415, description="Send the answer as JSON (Content-Type: application/json).")
     body = request.get_json(silent=True)
-    visit = _visit_for_api()
-    text_max = current_app.config["OBJECT_TEXT_MAX"]
+    token = session.get("token")
+    if "preview" not in session and not token:
+        abort(403, description="No session: open the study from its link.")
     try:
-        answer = parse_answer(body, text_max)
-        if visit.preview:
-            return _preview_answer(visit, answer)
-        stored, written, after = record_response(
-            get_store(), visit.token, answer,
-            lease_seconds(current_app.config), visit.n_practice)
+        answer = parse_answer(body, current_app.config["OBJECT_TEXT_MAX"])
+        if "preview" in session:
+            return _preview_answer(_visit_for_api(), answer)
+        # One write transaction checks the session, its stage and lease, and stores.
+        recorded = record_response(get_store(), token, answer,
+                                   lease_seconds(current_app.config))
     except TrialError as exc:
         abort(exc.status, description=str(exc))
-    done = after.n_answered >= after.n_trials
+    stored, written = recorded.response, recorded.written
+    done = recorded.n_answered >= recorded.n_trials
     return _no_store(jsonify(
         trial_index=stored["trial_index"], stored=True, duplicate=not written,
         answer_yes=stored["answer_yes"], object_text=stored["object_text"],
-        next_index=after.n_answered, n_trials=after.n_trials, done=done,
+        next_index=recorded.n_answered, n_trials=recorded.n_trials, done=done,
         next=url_for("participant.study") if done else None)), 201 if written else 200
 
 

@@ -25,12 +25,12 @@ from typing import Any
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.engine import Connection, Row
 
-from .store import Store, list_panels, lists, now, panels, participants, responses
+from .store import Store, list_panels, lists, now, panels, participants, responses, study
 from .study import current_study
 
 __all__ = ["prolific_max_minutes", "lease_seconds", "AssignmentError", "NoStudy", "StudyClosed", "StudyFull", "LeaseExpired",
            "TrialError", "ListFill", "list_fill", "start", "trial_order", "renew_lease",
-           "record_response", "stored_response", "participant_by_token", "Answer"]
+           "Recorded", "record_response", "stored_response", "participant_by_token", "Answer"]
 
 _rng = random.SystemRandom()
 
@@ -206,12 +206,23 @@ def stored_response(conn: Connection, participant_id: int, trial_index: int) -> 
     return dict(row._mapping)
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What became of an answer: the stored response, whether this request wrote it, and
+    the participant's progress afterwards."""
+
+    response: dict[str, Any]
+    written: bool
+    n_answered: int
+    n_trials: int
+
+
 def record_response(store: Store, token: str, answer: Answer, lease_seconds: float,
-                    n_practice: int, at: float | None = None) -> tuple[dict[str, Any], bool, Row]:
-    """Store ``answer`` once. Returns (stored response, newly written, participant after).
+                    at: float | None = None) -> Recorded:
+    """Store ``answer`` once, in one write transaction (the trial POST's whole work).
 
     A repeat of an answered trial returns the stored row unchanged. Raises TrialError
-    (out of order, wrong panel, ended session) or LeaseExpired."""
+    (no such session, out of order, wrong panel, ended session) or LeaseExpired."""
     with store.write() as conn:
         p = participant_by_token(conn, token, for_update=True)
         if p is None:
@@ -220,7 +231,8 @@ def record_response(store: Store, token: str, answer: Answer, lease_seconds: flo
         if index < 0 or index >= p.n_trials:
             raise TrialError(f"trial_index {index} is out of range 0..{p.n_trials - 1}")
         if index < p.n_answered:
-            return stored_response(conn, p.id, index), False, p
+            return Recorded(stored_response(conn, p.id, index), False, p.n_answered,
+                            p.n_trials)
         if p.status != "active":
             raise TrialError(f"this session is {p.status}: no more answers are taken", 409)
         if p.consented_at is None or p.device_ok_at is None:
@@ -234,6 +246,7 @@ def record_response(store: Store, token: str, answer: Answer, lease_seconds: flo
                              f"{answer.panel_id!r}: reload the page", 409)
         at = now() if at is None else at
         p = renew_lease(store, conn, p, lease_seconds, at)
+        n_practice = conn.execute(select(study.c.practice_trials)).scalar() or 0
         dialect_insert = _insert(store)
         statement = dialect_insert(responses).values(
             participant_id=p.id, trial_index=index, practice=index < n_practice,
@@ -245,14 +258,13 @@ def record_response(store: Store, token: str, answer: Answer, lease_seconds: flo
             answered_at=at).on_conflict_do_nothing(
                 index_elements=["participant_id", "trial_index"]).returning(responses.c.id)
         written = conn.execute(statement).first() is not None
+        n_answered = p.n_answered + written
         if written:
-            values: dict[str, Any] = {"n_answered": p.n_answered + 1}
-            if p.n_answered + 1 == p.n_trials:
+            values: dict[str, Any] = {"n_answered": n_answered}
+            if n_answered == p.n_trials:
                 values.update(status="completed", completed_at=at)
             conn.execute(participants.update().where(participants.c.id == p.id).values(**values))
-        stored = stored_response(conn, p.id, index)
-        after = conn.execute(select(participants).where(participants.c.id == p.id)).one()
-        return stored, written, after
+        return Recorded(stored_response(conn, p.id, index), written, n_answered, p.n_trials)
 
 
 def _insert(store: Store):

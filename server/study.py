@@ -130,8 +130,10 @@ def _random_code() -> str:
 
 
 def current_study(conn: Connection):
-    """The loaded study's row, or None."""
-    return conn.execute(select(study_table).where(study_table.c.id == 1)).first()
+    """The loaded study's row, or None: every column but ``design`` (the whole study.json,
+    hundreds of kilobytes at the paper's size, which no participant request needs)."""
+    columns = [c for c in study_table.c if c.name != "design"]
+    return conn.execute(select(*columns).where(study_table.c.id == 1)).first()
 
 
 def init_app(app: Flask) -> None:
