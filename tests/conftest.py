@@ -4,10 +4,7 @@ temporary worlds (a small design, a fresh SQLite or PostgreSQL store, an app).""
 from pathlib import Path
 
 import pytest
-from server_world import LAYERS, make_design, store_url
-
-from server import create_app
-from server.study import load_design
+from server_world import LAYERS, make_design, store_url, study_app
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SAMPLES = SHARED_DATA / "imagenet-samples"
@@ -44,12 +41,8 @@ def make_app(db_url, tmp_path, design_file):
     apps = []
 
     def factory(design=design_file, **config):
-        app = create_app({"TESTING": True, "SECRET_KEY": "test", "DATABASE_URL": db_url,
-                          **config}, instance_path=tmp_path / "instance")
-        if design is not None:
-            with app.app_context():
-                load_design(app.extensions["store"], design, app.config["IMAGE_DIR"],
-                            completion_code="DONE123")
+        app = study_app(db_url, tmp_path / "instance", design, "DONE123", TESTING=True,
+                        **config)
         apps.append(app)
         return app
 

@@ -1,11 +1,13 @@
 """Temporary worlds for the server's tests: a small study design on disk, a store
-(SQLite file or a fresh PostgreSQL schema), an app, and a participant helper that walks
-the flow through the HTTP interface."""
+(SQLite file or a fresh PostgreSQL schema), an app with the design loaded, a live server
+on a loopback port, and a participant helper that walks the flow through the HTTP
+interface."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +20,8 @@ import pytest
 from PIL import Image
 
 from experiment.design import build_design, write_study
+from server import create_app
+from server.study import load_design
 
 #: The server tests' design: 18 panels, 6 per list over 3 lists (and 6 practice panels).
 LAYERS = {"conv5": 3, "fc6": 9, "fc8": 6}
@@ -48,6 +52,35 @@ def make_design(root: Path, layers: dict[str, int], n_lists: int, participants: 
     design = build_design(pd.DataFrame(rows), pd.DataFrame(prac), n_lists=n_lists,
                           participants=participants, seed=seed, practice_trials=practice)
     return write_study(design, root / "study.json")
+
+
+def study_app(db_url: str, instance: Path, design: Path | None, completion_code: str,
+              **config: Any):
+    """An app on the store ``db_url`` with ``design`` loaded (None: no study)."""
+    app = create_app({"SECRET_KEY": "test", "DATABASE_URL": db_url, **config},
+                     instance_path=instance)
+    if design is not None:
+        with app.app_context():
+            load_design(app.extensions["store"], design, app.config["IMAGE_DIR"],
+                        completion_code=completion_code)
+    return app
+
+
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """``app`` served by a threaded werkzeug server on a free loopback port; yields its base
+    URL, then stops the server and closes the store's connections."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(5)
+        app.extensions["store"].dispose()
 
 
 def postgres_available() -> str | None:

@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from server_world import Participant, new_pid
+from server_world import Participant, new_pid, study_app
 from sqlalchemy import event, func, select
 
 from server import create_app
@@ -24,18 +24,14 @@ from server.store import (
     responses,
     webhook_events,
 )
-from server.study import load_design
 
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
 def app(db_url, tmp_path, design_file):
-    app = create_app({"TESTING": True, "SECRET_KEY": "test", "DATABASE_URL": db_url,
-                      "PROLIFIC_WEBHOOK_SECRET": "hook-secret"},
-                     instance_path=tmp_path / "instance")
-    with app.app_context():
-        load_design(app.extensions["store"], design_file, app.config["IMAGE_DIR"], "DONE123")
+    app = study_app(db_url, tmp_path / "instance", design_file, "DONE123", TESTING=True,
+                    PROLIFIC_WEBHOOK_SECRET="hook-secret")
     runner = app.test_cli_runner()
     result = runner.invoke(args=["create-admin", "alice", "--password-stdin"],
                            input=PASSWORD + "\n")

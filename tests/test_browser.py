@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from server_world import make_design, new_pid
+from server_world import make_design, new_pid, serving, study_app
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
-from server import create_app
 from server.store import participants, responses
-from server.study import load_design
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
@@ -31,21 +27,13 @@ if not Path(CHROMIUM).exists():
 
 @pytest.fixture
 def live_server(tmp_path, request):
-    config = getattr(request, "param", {})
+    config = dict(getattr(request, "param", {}))
     design = make_design(tmp_path / "design", {"conv5": 3, "fc6": 9, "fc8": 6}, n_lists=3,
                          participants=config.pop("participants", 3))
-    app = create_app({"SECRET_KEY": "browser-test", "COMPLETE_REDIRECT_SECONDS": 1,
-                      "DATABASE_URL": f"sqlite:///{tmp_path / 'study.db'}", **config},
-                     instance_path=tmp_path / "instance")
-    with app.app_context():
-        load_design(app.extensions["store"], design, app.config["IMAGE_DIR"],
-                    completion_code="BROWSER1")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield app, f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    app.extensions["store"].dispose()
+    app = study_app(f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "instance", design,
+                    "BROWSER1", COMPLETE_REDIRECT_SECONDS=1, **config)
+    with serving(app) as base:
+        yield app, base
 
 
 @pytest.fixture

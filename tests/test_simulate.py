@@ -7,15 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
-from server_world import make_design, store_url
+from server_world import make_design, serving, store_url, study_app
 from sqlalchemy import func, select
-from werkzeug.serving import make_server
 
-from server import create_app
 from server.simulate import (
     NotLoopback,
     check_loopback,
@@ -25,7 +22,6 @@ from server.simulate import (
     run_simulation,
 )
 from server.store import participants
-from server.study import load_design
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"conv5": 3, "fc6": 9, "fc8": 6}   # 3 lists of 6 panels, 6 practice panels
@@ -39,22 +35,11 @@ def design_file(tmp_path_factory):
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def live(request, tmp_path, design_file):
-    """A threaded werkzeug server on a free loopback port; yields (base URL, app)."""
+    """A live server on a free loopback port; yields (base URL, app)."""
     with store_url(request.param, tmp_path) as url:
-        app = create_app({"SECRET_KEY": "simulate-test", "DATABASE_URL": url},
-                         instance_path=tmp_path / "instance")
-        with app.app_context():
-            load_design(app.extensions["store"], design_file, app.config["IMAGE_DIR"],
-                        completion_code="SIM123")
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_port}", app
-        finally:
-            server.shutdown()
-            thread.join(5)
-            app.extensions["store"].dispose()
+        app = study_app(url, tmp_path / "instance", design_file, "SIM123")
+        with serving(app) as base:
+            yield base, app
 
 
 def test_every_acknowledged_answer_is_stored_exactly_once(live):
@@ -166,25 +151,15 @@ def test_command_line_help_and_a_small_run(tmp_path, design_file):
     assert refused.returncode == 2 and "loopback" in refused.stderr
 
     with store_url("sqlite", tmp_path) as db:
-        app = create_app({"SECRET_KEY": "cli-test", "DATABASE_URL": db},
-                         instance_path=tmp_path / "instance")
-        with app.app_context():
-            load_design(app.extensions["store"], design_file, app.config["IMAGE_DIR"],
-                        completion_code="CLI42")
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        app = study_app(db, tmp_path / "instance", design_file, "CLI42")
+        with serving(app) as base:
             out = tmp_path / "report.json"
             ran = subprocess.run(
                 [sys.executable, "-m", "server.simulate", "--url",
-                 f"http://localhost:{server.server_port}", "--participants", "3",
+                 base.replace("127.0.0.1", "localhost"), "--participants", "3",
                  "--concurrency", "2", "--think-ms", "0", "--reload-rate", "0",
                  "--abandon-rate", "0", "--json", str(out), "--quiet"],
                 cwd=ROOT, capture_output=True, text=True, timeout=120)
-        finally:
-            server.shutdown()
-            thread.join(5)
         assert ran.returncode == 0, ran.stdout + ran.stderr
         assert "response" in ran.stdout and "answers acknowledged: 36" in ran.stdout
         report = json.loads(out.read_text())
