@@ -26,8 +26,6 @@ from flask.cli import with_appcontext
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from experiment.design import DesignError, load_study
-
 from .store import Store, get_store, list_panels, lists, now, panels, participants, responses
 from .store import study as study_table
 
@@ -75,6 +73,10 @@ def load_design(store: Store, design_path: str | Path, image_dir: str | Path,
     """Load ``design_path`` into ``store``; returns counts. Refuses to replace a study that
     has participants unless ``discard_data``. ``progress`` wraps the image copying (a
     progress bar)."""
+    # Only loading a design needs experiment.design (and with it pandas and numpy): the
+    # import stays here so that gunicorn workers never pay for it.
+    from experiment.design import DesignError, load_study
+
     try:
         design = load_study(design_path)
     except DesignError as exc:

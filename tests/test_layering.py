@@ -52,3 +52,15 @@ def test_the_probe_sees_an_import_of_torch_in_a_submodule(tmp_path):
     (pkg / "model.py").write_text("import torch\n")
     result = import_everything("leaky", where=tmp_path)
     assert "leaky.model" in result["modules"] and "torch" in result["loaded"]
+
+
+def test_a_server_worker_starts_without_the_data_stack(tmp_path):
+    # What each gunicorn worker does: create the app. Loading a design (pandas, numpy,
+    # Pillow) belongs to the load-study command, not to every worker's start-up.
+    probe = ("import sys; from server import create_app; "
+             f"create_app({{'SECRET_KEY': 'x', 'DATABASE_URL': 'sqlite:///{tmp_path}/s.db'}}, "
+             f"instance_path={str(tmp_path / 'instance')!r}); "
+             "print(sorted(m for m in ('pandas', 'numpy', 'PIL', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
