@@ -1,6 +1,6 @@
 """Benchmark of the PPGN sampler: chain-steps per second, FLOPs per step, share of peak.
 
-    python benchmarks/ppgn.py [--batches 8 32] [--device cpu|cuda] [--skip-caffenet]
+    python benchmarks/ppgn.py [--batches 8 32] [--device cpu|cuda] [--amp] [--skip-caffenet]
 
 For the demo pair (trained on first use) and for CaffeNet + the DeePSiM
 generator at 227/256 (random weights: speed does not depend on the values), it
@@ -8,9 +8,10 @@ times full sampler steps (G forward, classifier forward to the target,
 backward to h, the update) at each batch size, counts the multiply-adds of one
 chain-step from the layers' shapes, and compares the achieved FLOP rate with
 the machine's measured dense matmul rate (a large float32 torch.mm) in the same
-run. On a GPU it does the same there (say which card when you report it). It
-asserts nothing about time, and states the projected time for the paper's
-5,352 units x 100 images.
+run. On a GPU it does the same there (say which card when you report it);
+``--amp`` adds rows with bfloat16 autocast (``generate(amp=True)``), compared
+with the measured bfloat16 matmul rate. It asserts nothing about time, and
+states the projected time for the paper's 5,352 units x 100 images.
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ def macs_of(module: nn.Module, x: torch.Tensor, **kwargs) -> int:
     return total
 
 
-def matmul_rate(device: torch.device, n: int = 2048) -> float:
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_rate(device: torch.device, n: int = 2048, dtype: torch.dtype = torch.float32) -> float:
+    if device.type == "cuda":
+        n = 8192  # a GPU needs a large product to reach its rate
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(3):
@@ -71,12 +74,12 @@ def matmul_rate(device: torch.device, n: int = 2048) -> float:
     return 2 * n**3 / best
 
 
-def time_steps(models: Models, layer: str, batch: int, steps: int) -> float:
+def time_steps(models: Models, layer: str, batch: int, steps: int, amp: bool = False) -> float:
     """Seconds per sampler step for ``batch`` chains."""
     target = target_for(models.classifier, layer)
     sampler = Sampler(models.generator, models.classifier, target,
                       settings=Settings(steps=steps, eps3=0.0), crop=models.crop,
-                      code_dim=models.code_dim)
+                      code_dim=models.code_dim, amp=amp)
     units = [u % 10 for u in range(batch)]
     list(sampler.run(units, list(range(batch))))  # warm-up (and the one-off allocations)
     started = time.perf_counter()
@@ -115,33 +118,41 @@ def main() -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--skip-caffenet", action="store_true")
+    parser.add_argument("--amp", action="store_true",
+                        help="also time bfloat16 autocast (against the bfloat16 matmul rate)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    demo_batches = [16, 64, 256] if device.type == "cpu" else [256, 1024, 4096]
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({torch.get_num_threads()} threads)"
     peak = matmul_rate(device)
     print(f"device: {card}; measured float32 matmul rate {peak / 1e9:.0f} GFLOP/s")
+    peaks = {False: peak}
+    if args.amp:
+        peaks[True] = matmul_rate(device, dtype=torch.bfloat16)
+        print(f"measured bfloat16 matmul rate {peaks[True] / 1e9:.0f} GFLOP/s")
     from generator.ppgn import load_models
 
     pairs = [("demo + demo generator", load_models("demo", "demo", device=device),
-              ["fc8", "fc6", "conv5"], args.batches or [16, 64, 256])]
+              ["fc8", "fc6", "conv5"], args.batches or demo_batches)]
     if not args.skip_caffenet:
         pairs.append(("CaffeNet + DeePSiM (random weights)", caffenet_models(device),
                       ["fc8", "conv5"], args.batches or ([8, 32] if device.type == "cpu"
                                                          else [32, 128, 512])))
-    print(f"\n{'pair':38s} {'layer':6s} {'batch':>6s} {'chain-steps/s':>14s} "
+    print(f"\n{'pair':38s} {'layer':6s} {'dtype':>6s} {'batch':>6s} {'chain-steps/s':>14s} "
           f"{'GFLOP/chain-step':>17s} {'of peak':>8s}")
     projection = None
     for name, models, layers, batches in pairs:
         for layer in layers:
             flops = flops_per_chain_step(models, layer)
-            for batch in batches:
-                per_step = time_steps(models, layer, batch, args.steps)
-                rate = batch / per_step
-                print(f"{name:38s} {layer:6s} {batch:6d} {rate:14.1f} {flops / 1e9:17.3f} "
-                      f"{rate * flops / peak:8.1%}")
-                if name.startswith("CaffeNet"):
-                    projection = max(projection or 0.0, rate) if layer == "fc8" else projection
+            for amp in peaks:
+                for batch in batches:
+                    per_step = time_steps(models, layer, batch, args.steps, amp=amp)
+                    rate = batch / per_step
+                    print(f"{name:38s} {layer:6s} {'bf16' if amp else 'fp32':>6s} {batch:6d} "
+                          f"{rate:14.1f} {flops / 1e9:17.3f} {rate * flops / peaks[amp]:8.1%}")
+                    if name.startswith("CaffeNet") and layer == "fc8":
+                        projection = max(projection or 0.0, rate)
     if projection:
         # the paper: 256 conv5 + 4,096 fc6 + 1,000 fc8 units, 100 images each;
         # fc: 200 steps a chain; conv5: one chain of 1,000 steps a unit

@@ -7,7 +7,7 @@ the DataLoader's worker processes), the network alone on ready tensors, and
 the whole recorder (decode, network, reduction, HDF5 writes), as images/s,
 with the share of one image's time spent in decoding vs the network. On a
 machine with a GPU it does the same on the GPU (say which card when you
-report it). Reads ../shared/data/imagenet-samples. Asserts nothing about time.
+report it). Reads ../shared/data/imagenet-samples (or --photos). Asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -35,23 +35,25 @@ SAMPLES = ROOT.parent / "shared" / "data" / "imagenet-samples"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--photos", type=Path, default=SAMPLES,
+                        help=f"a folder of JPEG photos (default: {SAMPLES})")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    if not SAMPLES.is_dir():
-        print(f"{SAMPLES} is absent: nothing to benchmark")
+    if not args.photos.is_dir():
+        print(f"{args.photos} is absent: nothing to benchmark")
         return 1
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-    photos = sorted(SAMPLES.glob("*.jpg"))[:args.images]
+    photos = sorted(args.photos.glob("*.jpg"))[:args.images]
     tmp = Path(tempfile.mkdtemp(prefix="bench-record-"))
     listing = tmp / "images.csv"
     with open(listing, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label"])
-        writer.writerows([str(p), p.stem] for p in photos)
+        writer.writerows([str(p.resolve()), p.stem] for p in photos)  # the CSV is elsewhere
     n = len(photos)
     print(f"CaffeNet, random weights, {n} photos (shorter side 256), batch {args.batch_size}, "
           f"device: {name}")

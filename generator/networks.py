@@ -106,8 +106,10 @@ class TappedNet(nn.Module):
 
     def layer_shapes(self, taps: Iterable[str] | None = None) -> dict[str, tuple[int, ...]]:
         """Shape of each tap for one input image (without the batch axis)."""
+        param = next(self.parameters(), None)
         with torch.no_grad():
-            x = torch.zeros((1, *self.input_shape))
+            x = torch.zeros((1, *self.input_shape),
+                            device=param.device if param is not None else None)
             outs = self.forward(x, taps or self.tap_names)
         return {name: tuple(t.shape[1:]) for name, t in outs.items()}
 

@@ -60,6 +60,13 @@ def test_caffenet_blob_shapes_at_227(nets):
         assert net.input_shape == (3, 227, 227)
 
 
+def test_layer_shapes_probe_the_device_the_weights_are_on():
+    # Found on a GPU: a probe built on the CPU failed against CUDA weights. The "meta"
+    # device (shapes without storage) shows the same mismatch on any machine.
+    net = caffenet().to("meta")
+    assert net.layer_shapes(["conv5", "fc6"]) == {"conv5": (256, 13, 13), "fc6": (4096,)}
+
+
 def test_torchvision_alexnet_shapes_at_224():
     net = torchvision_alexnet()
     assert net.input_shape == (3, 224, 224)
