@@ -458,6 +458,7 @@ def interpretability(units: pd.DataFrame, selectivity: pd.DataFrame,
     measures = [m for m in (measures or INTERPRETABILITY_MEASURES) if m in selectivity.columns]
     merged = units.merge(selectivity[["layer", "unit", *measures]], on=["layer", "unit"])
     rows = []
+    separated = 0
     for layer in units["layer"].drop_duplicates():
         part = merged[merged["layer"] == layer]
         for measure in measures:
@@ -465,7 +466,7 @@ def interpretability(units: pd.DataFrame, selectivity: pd.DataFrame,
             row: dict[str, Any] = {"layer": layer, "measure": measure, "n_units": len(ok),
                                    "spearman_rho": math.nan, "spearman_p": math.nan,
                                    "logit_slope_per_sd": math.nan, "logit_se": math.nan,
-                                   "logit_p": math.nan}
+                                   "logit_p": math.nan, "logit_note": ""}
             x = ok[measure].astype(float).to_numpy()
             if len(ok) >= 3 and np.ptp(x) > 0 and np.ptp(ok["yes_share"]) > 0:
                 rho, p = spearmanr(x, ok["yes_share"])
@@ -474,12 +475,23 @@ def interpretability(units: pd.DataFrame, selectivity: pd.DataFrame,
                 z = (x - x.mean()) / x.std()
                 endog = np.column_stack([ok["n_yes"], ok["n"] - ok["n_yes"]]).astype(float)
                 try:
-                    fit = GLM(endog, add_constant(z), family=families.Binomial()).fit()
-                    row.update(logit_slope_per_sd=float(fit.params[1]),
-                               logit_se=float(fit.bse[1]), logit_p=float(fit.pvalues[1]))
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        fit = GLM(endog, add_constant(z), family=families.Binomial()).fit()
+                    if any("separation" in str(w.message).lower() for w in caught):
+                        # the measure splits yes from no perfectly: no finite slope exists
+                        row["logit_note"] = "perfect separation: no finite slope"
+                        separated += 1
+                    else:
+                        row.update(logit_slope_per_sd=float(fit.params[1]),
+                                   logit_se=float(fit.bse[1]), logit_p=float(fit.pvalues[1]))
                 except (np.linalg.LinAlgError, ValueError) as exc:
                     log.warning("%s/%s: logistic fit failed (%s)", layer, measure, exc)
+                    row["logit_note"] = f"fit failed: {exc}"
             rows.append(row)
+    if separated:
+        log.info("%d logistic fit(s) met perfect separation (too few or too uniform "
+                 "ratings): left blank, noted in logit_note", separated)
     return pd.DataFrame(rows)
 
 

@@ -4,6 +4,8 @@
   next unanswered trial, so a reload resumes where the participant stopped.
 - ``POST /api/responses``: one answer. Validated strictly (4xx with a message, never a
   500); written once; a repeat returns the stored answer and changes nothing.
+- ``GET /api/health``: 200 when the app answers and its store runs a query, else 503
+  (the container's health check, :mod:`server.healthcheck`).
 """
 
 from __future__ import annotations
@@ -156,6 +158,18 @@ def respond():
         answer_yes=stored["answer_yes"], object_text=stored["object_text"],
         next_index=recorded.n_answered, n_trials=recorded.n_trials, done=done,
         next=url_for("participant.study") if done else None)), 201 if written else 200
+
+
+@bp.get("/health")
+def health():
+    """Liveness and readiness in one: the store must answer a query."""
+    try:
+        with get_store().read() as conn:
+            conn.execute(select(1)).scalar()
+    except Exception as exc:  # any store failure is "unhealthy", reported, never a 500
+        current_app.logger.warning("health check: the store does not answer: %s", exc)
+        return _no_store(jsonify(status="unavailable", error=type(exc).__name__)), 503
+    return _no_store(jsonify(status="ok"))
 
 
 @bp.post("/prolific/webhook")

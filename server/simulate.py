@@ -64,7 +64,7 @@ import aiohttp
 
 __all__ = ["run_simulation", "simulate", "SimulationResult", "NotLoopback", "check_loopback",
            "random_rater", "WORDS", "DEFAULT_THINK_MS", "LABELS", "StoreCheck", "check_store",
-           "percentile", "main"]
+           "percentile", "load_rater", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -869,6 +869,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--retry-seconds", type=float, default=60.0,
                         help="how long a failing request is retried before its participant "
                              "gives up, s (default %(default)s)")
+    parser.add_argument("--rater", metavar="MODULE:NAME",
+                        help="who decides the answers: a rater, or a function that builds "
+                             "one, importable as MODULE:NAME (e.g. generator.rater:demo_rater, "
+                             "which looks at each panel with a classifier; implies "
+                             "--fetch-images). Default: random answers")
+    parser.add_argument("--check-store", metavar="DATABASE_URL",
+                        help="afterwards, check that this store holds every acknowledged "
+                             "answer exactly once and no list is over its target (exit 1 "
+                             "if not)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
                         help="write the full report (with the acknowledged answers) as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or log")
@@ -879,13 +888,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_loopback(args.url)
         if args.participants < 0 or args.concurrency < 1:
             raise ValueError("--participants must be >= 0 and --concurrency >= 1")
+        rater = load_rater(args.rater) if args.rater else None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result = run_simulation(
         args.url, args.participants, args.concurrency, seed=args.seed,
         think_ms=args.think_ms, reload_rate=args.reload_rate, abandon_rate=args.abandon_rate,
-        max_seconds=args.max_seconds, fetch_images=args.fetch_images, timeout_s=args.timeout,
+        max_seconds=args.max_seconds, rater=rater,
+        fetch_images=args.fetch_images or rater is not None, timeout_s=args.timeout,
         retry_seconds=args.retry_seconds, ramp_seconds=args.ramp_seconds,
         progress=not args.quiet and sys.stderr.isatty())
     print(result.report())
@@ -893,7 +904,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result.summary(), indent=1))
         print(f"report written to {args.json}")
-    return 1 if result.failed else 0
+    status = 1 if result.failed else 0
+    if args.check_store:
+        check = check_store(args.check_store, result.acknowledged, result.unconfirmed)
+        if check.ok:
+            print(f"store check: {check.acknowledged} acknowledged answers, each stored once "
+                  f"({check.stored} rows); {check.completed} completed; no list over target")
+        else:
+            print("store check FAILED:\n  " + "\n  ".join(check.problems))
+            status = 1
+    return status
+
+
+def load_rater(spec: str) -> Rater:
+    """``MODULE:NAME`` -> a rater: NAME is the rater itself, or a function of no arguments
+    that builds one (a class or factory whose call takes no arguments)."""
+    import importlib
+    import inspect
+
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise ValueError(f"--rater {spec!r}: give MODULE:NAME, e.g. generator.rater:demo_rater")
+    try:
+        obj = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"--rater {spec!r}: {exc}") from None
+    try:
+        takes_none = not [p for p in inspect.signature(obj).parameters.values()
+                          if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL,
+                                                                      p.VAR_KEYWORD)]
+    except (TypeError, ValueError):
+        takes_none = False
+    return obj() if takes_none else obj
 
 
 if __name__ == "__main__":

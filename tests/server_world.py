@@ -189,3 +189,13 @@ class Participant:
             assert response.status_code in (200, 201), data
             assert data["duplicate"] is False and data["stored"] == (response.status_code == 201)
         return data
+
+
+def png_rater():
+    """A rater factory for ``server.simulate --rater server_world:png_rater``: yes "dog"
+    when it was handed the panel's PNG bytes (so --rater implies fetching images)."""
+
+    def rate(panel, image, rng):
+        return (image is not None and image.startswith(b"\x89PNG")), "dog"
+
+    return rate

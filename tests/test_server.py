@@ -498,3 +498,19 @@ def test_an_instance_template_replaces_a_page(make_app, tmp_path):
     p.enter()
     assert b"Approved wording v2" in p.client.get("/consent").data
     assert p.consent().location == "/study"
+
+
+def test_health_says_ok_while_the_store_answers(app, monkeypatch):
+    reply = app.test_client().get("/api/health")
+    assert reply.status_code == 200 and reply.get_json() == {"status": "ok"}
+    assert reply.headers["Cache-Control"] == "no-store"
+
+    store = app.extensions["store"]
+
+    def broken():
+        raise OSError("the database is gone")
+
+    monkeypatch.setattr(store, "read", broken)
+    reply = app.test_client().get("/api/health")
+    assert reply.status_code == 503
+    assert reply.get_json() == {"status": "unavailable", "error": "OSError"}

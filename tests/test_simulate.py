@@ -5,6 +5,7 @@ holds, exactly once; plus its loopback-only rule and its command line."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from server.simulate import (
     percentile,
     run_simulation,
 )
-from server.store import participants
+from server.store import Store, participants, responses
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"conv5": 3, "fc6": 9, "fc8": 6}   # 3 lists of 6 panels, 6 practice panels
@@ -171,3 +172,47 @@ def test_command_line_help_and_a_small_run(tmp_path, design_file):
         check = check_store(app.extensions["store"], acknowledged)
         assert check.ok and check.stored == 36, check.problems
         app.extensions["store"].dispose()
+
+
+def test_command_line_rater_and_store_check(tmp_path, design_file):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    with store_url("sqlite", tmp_path) as db:
+        app = study_app(db, tmp_path / "instance", design_file, "CLI43")
+        with serving(app) as base:
+            args = [sys.executable, "-m", "server.simulate", "--url", base, "--participants",
+                    "2", "--concurrency", "2", "--think-ms", "0", "--reload-rate", "0",
+                    "--abandon-rate", "0", "--rater", "server_world:png_rater", "--quiet"]
+            ran = subprocess.run([*args, "--check-store", db], cwd=ROOT, env=env,
+                                 capture_output=True, text=True, timeout=120)
+            assert ran.returncode == 0, ran.stdout + ran.stderr
+            assert "store check: 24 acknowledged answers, each stored once" in ran.stdout
+            with app.extensions["store"].read() as conn:
+                answers = conn.execute(select(responses.c.answer_yes,
+                                              responses.c.object_text)).all()
+            assert len(answers) == 24 and set(answers) == {(True, "dog")}
+
+            # checked against another (empty) store, the answers are missing: exit 1
+            empty = f"sqlite:///{tmp_path / 'empty.db'}"
+            blank = Store(empty)
+            blank.migrate()
+            blank.dispose()
+            ran = subprocess.run([*args, "--seed", "9", "--check-store", empty], cwd=ROOT,
+                                 env=env, capture_output=True, text=True, timeout=120)
+            assert ran.returncode == 1 and "store check FAILED" in ran.stdout
+            assert "acknowledged answers are not stored" in ran.stdout
+        app.extensions["store"].dispose()
+
+    bad = subprocess.run([*args[:4], "http://127.0.0.1:9", "--participants", "1", "--rater",
+                          "server.simulate:no_such_rater"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no_such_rater" in bad.stderr
+
+
+def test_load_rater_takes_a_rater_or_builds_one():
+    from server.simulate import load_rater, random_rater
+
+    assert load_rater("server.simulate:random_rater") is random_rater
+    assert callable(load_rater("server_world:png_rater"))  # a factory, called
+    for spec in ("server.simulate", ":x", "no.such.module:x"):
+        with pytest.raises(ValueError, match="--rater"):
+            load_rater(spec)

@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -382,3 +383,19 @@ def test_layers_come_in_the_networks_order_not_the_order_seen():
 
     assert list(in_layer_order(shuffled, sel)["layer"].drop_duplicates()) == ["conv5", "fc6",
                                                                               "fc8"]
+
+
+def test_interpretability_notes_perfect_separation_instead_of_warning():
+    # yes exactly where the measure is high: no finite logistic slope exists
+    units = pd.DataFrame({"layer": ["fc8"] * 6, "unit": range(6), "n": [4] * 6,
+                          "n_yes": [0, 0, 0, 4, 4, 4]})
+    units["yes_share"] = units["n_yes"] / units["n"]
+    sel = pd.DataFrame({"layer": ["fc8"] * 6, "unit": range(6),
+                        "ccmas": [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # statsmodels' PerfectSeparationWarning would raise
+        result = interpretability(units, sel, ["ccmas"]).set_index("measure")
+    assert result.loc["ccmas", "logit_note"].startswith("perfect separation")
+    assert np.isnan(result.loc["ccmas", "logit_slope_per_sd"])
+    # ranks 1..6 against tied ranks (2, 2, 2, 5, 5, 5): rho = sqrt(13.5 / 17.5)
+    assert result.loc["ccmas", "spearman_rho"] == pytest.approx(math.sqrt(13.5 / 17.5))
