@@ -1,6 +1,8 @@
 """Panels: a unit's 100 AM images as a 10x10 grid, and practice panels of real photos.
 
     python -m generator.panels photos DIR_OR_FILES... --out PANEL.jpg [--rows 4 --cols 5]
+    python -m generator.panels practice --photos imagenet-samples/ --out practice/
+    python -m generator.panels practice --digits --out practice/
 
 Pure image work (numpy and Pillow): the sampler hands over uint8 images.
 """
@@ -15,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["grid", "save_jpeg", "photo_panel", "receptive_field", "main", "JPEG_QUALITY"]
+__all__ = ["grid", "save_jpeg", "photo_panel", "receptive_field", "practice_panels",
+           "PRACTICE_GROUPS", "main", "JPEG_QUALITY"]
 
 #: Quality of panel JPEGs: legible 10x10 grids at a fraction of PNG's size.
 JPEG_QUALITY = 85
@@ -114,6 +117,83 @@ def _photos(items: Sequence[str]) -> list[Path]:
     return out
 
 
+#: Everyday categories for practice panels, as ILSVRC-2012 class indices (the standard
+#: order of ``imagenet1k_classes.tsv``), each with at least 20 classes: a panel shows 20
+#: photos of one category, one photo per class.
+PRACTICE_GROUPS: dict[str, tuple[int, ...]] = {
+    "dog": tuple(range(151, 269)),
+    "bird": (*range(7, 25), *range(80, 101), *range(127, 147)),
+    "monkey": tuple(range(365, 385)),
+    "insect": tuple(range(300, 327)),
+    "vehicle": (407, 436, 468, 511, 555, 561, 569, 609, 627, 654, 656, 661, 675, 717, 734, 751,
+            757, 779, 803, 817, 864, 866, 867, 874),
+    "snake or lizard": tuple(i for i in range(33, 69) if i not in (49, 50, 51)),
+}
+
+
+def _imagenet_wnids() -> list[str]:
+    lines = (Path(__file__).with_name("imagenet1k_classes.tsv")).read_text().splitlines()[1:]
+    return [line.split("\t")[1] for line in lines]
+
+
+def practice_panels(out: str | Path, *, photos: str | Path | None = None,
+                    groups: dict[str, Sequence[int]] | None = None, per_panel: int = 20,
+                    rows: int = 4, cols: int = 5, seed: int = 0) -> Path:
+    """Practice panels and their listing ``practice.csv`` (``panel_id, path, label``).
+
+    From ``photos``, a folder of ImageNet photos named ``<wnid>.jpg`` (one per class, as
+    ``../shared/data/imagenet-samples``): one panel per category of ``groups`` (default
+    :data:`PRACTICE_GROUPS`), ``per_panel`` photos drawn without replacement by ``seed``.
+    Without ``photos``: real digits from scikit-learn's set, one panel per digit 0-5
+    (for machines without the photos; the embedded default's own image kind).
+    """
+    import csv
+    import random
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    made: list[tuple[str, str, str]] = []
+    if photos is not None:
+        folder = Path(photos)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such folder of photos")
+        wnids = _imagenet_wnids()
+        for label, indices in (groups or PRACTICE_GROUPS).items():
+            files = [folder / f"{wnids[i]}.jpg" for i in indices]
+            files = [f for f in files if f.is_file()]
+            if len(files) < per_panel:
+                raise ValueError(f"practice panel {label!r}: {len(files)} of its "
+                                 f"{len(indices)} classes have a photo in {folder}, "
+                                 f"{per_panel} are needed")
+            chosen = rng.sample(files, per_panel)
+            name = f"practice_{label.replace(' ', '_')}"
+            save_jpeg(photo_panel(chosen, rows, cols), out / f"{name}.jpg")
+            made.append((name, f"{name}.jpg", label))
+    else:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        for digit in range(6):
+            pick = np.flatnonzero(digits.target == digit)
+            chosen = sorted(rng.sample(list(pick), per_panel))
+            cells = []
+            for i in chosen:
+                small = Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8))
+                cells.append(np.asarray(small.resize((64, 64), Image.BILINEAR)))
+            name = f"practice_digit_{digit}"
+            save_jpeg(grid(np.stack(cells), rows, cols), out / f"{name}.jpg")
+            made.append((name, f"{name}.jpg", str(digit)))
+    listing = out / "practice.csv"
+    tmp = out / ".practice.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["panel_id", "path", "label"])
+        writer.writerows(made)
+    tmp.replace(listing)
+    return listing
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m generator.panels",
                                      description="Make panels for practice trials.")
@@ -124,7 +204,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     photos.add_argument("--rows", type=int, default=4)
     photos.add_argument("--cols", type=int, default=5)
     photos.add_argument("--cell", type=int, default=128, help="pixels per photo (default 128)")
+    practice = sub.add_parser(
+        "practice", help="the study's practice panels and practice.csv",
+        description="One 4x5 panel per everyday category (dog, bird, monkey, insect, vehicle, "
+                    "snake or lizard) from a folder of ImageNet photos named <wnid>.jpg, or "
+                    "with --digits, one panel of real digits per digit 0-5.")
+    source = practice.add_mutually_exclusive_group(required=True)
+    source.add_argument("--photos", help="folder of <wnid>.jpg photos, one per ImageNet class")
+    source.add_argument("--digits", action="store_true", help="real digits instead")
+    practice.add_argument("--out", required=True, help="folder for the panels and practice.csv")
+    practice.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.command == "practice":
+        try:
+            listing = practice_panels(args.out, photos=None if args.digits else args.photos,
+                                      seed=args.seed)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {listing}")
+        return 0
     try:
         paths = _photos(args.photos)[:args.rows * args.cols]
         pixels = photo_panel(paths, args.rows, args.cols, args.cell)
