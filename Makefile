@@ -1,7 +1,7 @@
 # One entry point for a fresh machine: `make demo` runs the main job, `make test` the tests.
-# Every install step lives here: a virtual environment in .venv, the CPU build of
-# PyTorch installed explicitly first (an unpinned torch would pull a multi-GB CUDA
-# build), then the project with its test tools.
+# Every install step lives here: a virtual environment in .venv, then scripts/install.sh
+# (also the Dockerfile's): the CPU build of PyTorch installed explicitly first (an
+# unpinned torch would pull a multi-GB CUDA build), then the project with its test tools.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,14 +9,14 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 CHROMIUM ?= /usr/bin/chromium
 OUT    ?= out/demo
+ARGS   ?=
 
 .PHONY: install test lint demo example bench clean chromium wordnet
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile scripts/install.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	TORCH="$(TORCH)" sh scripts/install.sh $(BIN)/python -e ".[dev]"
 	@test -x $(CHROMIUM) || $(MAKE) --no-print-directory chromium
 	@test -f /usr/share/wordnet/data.noun || $(MAKE) --no-print-directory wordnet
 	touch $@
@@ -43,31 +43,20 @@ install: $(VENV)/.installed
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile
 
 test: lint
 	$(BIN)/python -m pytest -q
 
-# The demo: the small digits network (trained here once, cached in .cache/), its
-# activations over the digits, every unit's selectivity, the paper's tables and figures.
-demo: install $(OUT)/tables/tables.md $(OUT)/figures/figA4_synthetic.png
-	@echo "demo done: tables in $(OUT)/tables/tables.md, figures in $(OUT)/figures/"
-
-$(OUT)/digits.h5: | install
-	$(BIN)/python -m generator.record --network demo --images digits --out $@
-
-$(OUT)/selectivity.csv: $(OUT)/digits.h5
-	$(BIN)/python -m analysis.selectivity $< --out $@
-
-$(OUT)/tables/tables.md: $(OUT)/selectivity.csv
-	$(BIN)/python -m analysis.tables $< --out $(OUT)/tables --class-names $(OUT)/digits.h5
-
-$(OUT)/figures/figA4_synthetic.png: $(OUT)/selectivity.csv
-	$(BIN)/python -m analysis.figures distributions $< --out $(OUT)/figures
-	$(BIN)/python -m analysis.figures ccmas2 $< --out $(OUT)/figures
-	$(BIN)/python -m analysis.figures jitter $(OUT)/digits.h5 --layer fc6 --unit 0 --out $(OUT)/figures/jitter_fc6_0
-	$(BIN)/python -m analysis.figures classes $(OUT)/digits.h5 --layer fc6 --unit 0 --out $(OUT)/figures/classes_fc6_0
-	$(BIN)/python -m analysis.figures activation-dist $(OUT)/digits.h5 --layer fc6 --unit 0 --out $(OUT)/figures/activations_fc6_0
-	$(BIN)/python -m analysis.figures a4 --out $(OUT)/figures
+# The demo study end to end (experiment/demo.py): the small digits network and its
+# generator (trained once, cached in .cache/), activations, selectivity, the paper's
+# tables and figures, AM panels for every conv5/fc6/fc8 unit, practice panels, the
+# design, the SQLite store; then it serves the experiment at http://127.0.0.1:5000 and
+# prints the admin password. Every stage is cached in $(OUT). Options through ARGS:
+#   make demo ARGS="--simulate 60"   simulated participants, export, Table 2
+#   make demo ARGS="--port 8080"
+demo: install
+	$(BIN)/python -m experiment.demo --out $(OUT) $(ARGS)
 
 # The analysis alone on a generated table with known structure.
 example: install

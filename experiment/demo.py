@@ -1,0 +1,485 @@
+"""The demo study end to end: the embedded default, from nothing to a served experiment.
+
+    python -m experiment.demo                  # build (cached) and serve at 127.0.0.1:5000
+    python -m experiment.demo --simulate 60    # ... then simulated participants, Table 2
+
+Stages, each one of the project's own commands (run as a subprocess, so this module
+never imports torch, and each stage can be rerun by hand):
+
+1. ``record``: train the demo network on scikit-learn's digits (cached in ``.cache/``)
+   and record its activations over the digits it classifies correctly;
+2. ``selectivity``, ``tables``, ``figures``: every unit's selectivity; the paper's
+   tables and figures;
+3. ``panels-fc8``, ``panels-fc6``, ``panels-conv5``: a 10x10 AM panel for every unit
+   of conv5, fc6 and fc8 (PPGN with the demo generator, trained and cached on first use);
+4. ``practice``: six practice panels of real photos (``../shared/data/imagenet-samples``
+   or ``--photos``; real digits where there are none);
+5. ``design``: the lists and participant targets (``study.json``);
+6. ``load``: the study into the SQLite store of ``OUT/instance`` (a changed design
+   replaces the demo store's study, and any answers in it).
+
+Then an admin account gets a new random password (printed), and gunicorn serves the
+experiment at http://127.0.0.1:PORT until Ctrl-C.
+
+Every stage is cached: it is skipped when its outputs exist and its command and inputs
+are those of its last successful run (a stamp in ``OUT/.stages/``). A stage whose
+recipe changed starts again from clean outputs; an interrupted one resumes (the AM
+stages keep every finished unit). So a second run starts serving in seconds.
+
+``--simulate N``: the study is loaded into a fresh store (``OUT/simulation/``) and
+served on a free port; N simulated participants take it over HTTP
+(:mod:`server.simulate`), answering from what an independent classifier sees in each
+panel (:mod:`generator.rater`); the store is checked, the data exported
+(``python -m server export``) and Table 2 computed (``analysis/table2.py``) and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Stage", "StageFailed", "DemoConfig", "run_stages", "demo_stages", "main"]
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PHOTOS = ROOT.parent / "shared" / "data" / "imagenet-samples"
+LAYERS = ("conv5", "fc6", "fc8")
+ADMIN_USER = "admin"
+
+
+# -- stages and their cache ------------------------------------------------------------------
+
+@dataclass
+class Stage:
+    """One step of the pipeline: commands, what they read and what they write."""
+
+    name: str
+    title: str
+    commands: list[list[str]]
+    outputs: list[Path]
+    inputs: list[Path] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    clean: list[Path] = field(default_factory=list)  # removed before a changed recipe runs
+
+    def key(self) -> str:
+        """The recipe: commands, environment and the inputs' sizes and times."""
+        def portable(cmd: list[str]) -> list[str]:
+            return ["python" if c == sys.executable else c for c in cmd]
+
+        inputs = []
+        for p in self.inputs:
+            st = p.stat()
+            inputs.append([str(p), st.st_size, st.st_mtime_ns])
+        text = json.dumps([[portable(c) for c in self.commands], self.env, inputs])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+class StageFailed(RuntimeError):
+    """A stage's command failed: which stage, which command, its exit status."""
+
+    def __init__(self, stage: Stage, command: Sequence[str], status: int):
+        self.stage, self.command, self.status = stage, list(command), status
+        super().__init__(f"stage {stage.name!r} failed (exit status {status}): "
+                         f"{' '.join(command)}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _run(cmd: Sequence[str], env: Mapping[str, str], stdout) -> int:
+    return subprocess.run(list(cmd), env=dict(env), cwd=ROOT, stdout=stdout).returncode
+
+
+def run_stages(stages: Sequence[Stage], state_dir: Path, *, out=None,
+               runner=_run) -> dict[str, float | None]:
+    """Run ``stages`` in order, skipping those whose stamp matches; returns the seconds
+    each took (None: cached). ``runner(cmd, env, stdout)`` runs one command and returns
+    its exit status: what a command prints goes to ``state_dir/<stage>.log`` (progress
+    bars and warnings, on stderr, stay on the terminal); a failure shows the log's end."""
+    out = out or sys.stdout
+    state_dir.mkdir(parents=True, exist_ok=True)
+    took: dict[str, float | None] = {}
+    n = len(stages)
+    for i, stage in enumerate(stages, 1):
+        stamp = state_dir / f"{stage.name}.json"
+        old = json.loads(stamp.read_text()) if stamp.exists() else None
+        missing = [str(p) for p in stage.inputs if not p.exists()]
+        if missing:
+            raise StageFailed(stage, ["(inputs missing: " + ", ".join(missing) + ")"], 2)
+        key = stage.key()
+        if old and old.get("key") == key and old.get("done") and \
+                all(p.exists() for p in stage.outputs):
+            print(f"[{i}/{n}] {stage.title}: cached", file=out, flush=True)
+            took[stage.name] = None
+            continue
+        if old and old.get("key") != key:
+            for p in stage.clean:
+                _remove(p)
+        _write_json(stamp, {"key": key, "done": False})
+        print(f"[{i}/{n}] {stage.title} ...", file=out, flush=True)
+        started = time.perf_counter()
+        env = {**os.environ, **stage.env}
+        log_path = state_dir / f"{stage.name}.log"
+        with open(log_path, "w") as log_file:
+            for cmd in stage.commands:
+                print("$ " + " ".join(cmd), file=log_file, flush=True)
+                status = runner(cmd, env, log_file)
+                if status != 0:
+                    log_file.flush()
+                    tail = log_path.read_text().splitlines()[-20:]
+                    print("\n".join(f"  | {line}" for line in tail), file=out, flush=True)
+                    raise StageFailed(stage, cmd, status)
+        missing = [str(p) for p in stage.outputs if not p.exists()]
+        if missing:
+            raise StageFailed(stage, ["(outputs not written: " + ", ".join(missing) + ")"], 1)
+        seconds = time.perf_counter() - started
+        _write_json(stamp, {"key": key, "done": True, "seconds": round(seconds, 2)})
+        print(f"[{i}/{n}] {stage.title}: done in {seconds:.1f} s", file=out, flush=True)
+        took[stage.name] = seconds
+    return took
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+# -- the demo's stages -----------------------------------------------------------------------
+
+@dataclass
+class DemoConfig:
+    """What the demo builds. The defaults are the full demo; tests shrink it."""
+
+    out: Path = Path("out/demo")
+    units: str = "all"  # units per layer: "all" or the first K ("4")
+    images_per_unit: int = 100  # a square: 100 = 10x10 panels
+    fc_steps: int = 50  # sampler steps for fc6 and fc8 chains (the paper: 200 on CaffeNet)
+    conv_steps: int = 1000  # conv5 chains (the paper's schedule: resets every 100)
+    lists: int = 10
+    participants: int = 50
+    photos: Path | None = None  # None: DEFAULT_PHOTOS if there, else real digits
+    seed: int = 0
+
+    @property
+    def instance(self) -> Path:
+        return self.out / "instance"
+
+
+def _py(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def demo_stages(cfg: DemoConfig) -> list[Stage]:
+    out = cfg.out
+    table = out / "digits.h5"
+    results = out / "selectivity.csv"
+    figures = out / "figures"
+    am = out / "am"
+    practice = out / "practice"
+    study = out / "study" / "study.json"
+    stages = [
+        Stage("record", "record the demo network's activations over the digits "
+              "(trains the network on first use)",
+              [_py("-m", "generator.record", "--network", "demo", "--images", "digits",
+                   "--out", str(table))], [table], clean=[table, Path(f"{table}.parts")]),
+        Stage("selectivity", "every unit's selectivity",
+              [_py("-m", "analysis.selectivity", str(table), "--out", str(results))],
+              [results], [table]),
+        Stage("tables", "the paper's tables",
+              [_py("-m", "analysis.tables", str(results), "--out", str(out / "tables"),
+                   "--class-names", str(table))],
+              [out / "tables" / "tables.md"], [results, table]),
+        Stage("figures", "the paper's figures", [
+            _py("-m", "analysis.figures", "distributions", str(results), "--out", str(figures)),
+            _py("-m", "analysis.figures", "ccmas2", str(results), "--out", str(figures)),
+            _py("-m", "analysis.figures", "jitter", str(table), "--layer", "fc6", "--unit", "0",
+                "--out", str(figures / "jitter_fc6_0")),
+            _py("-m", "analysis.figures", "classes", str(table), "--layer", "fc6", "--unit",
+                "0", "--out", str(figures / "classes_fc6_0")),
+            _py("-m", "analysis.figures", "activation-dist", str(table), "--layer", "fc6",
+                "--unit", "0", "--out", str(figures / "activations_fc6_0")),
+            _py("-m", "analysis.figures", "a4", "--out", str(figures)),
+        ], [figures / "figA4_synthetic.png"], [results, table]),
+    ]
+    units = cfg.units if cfg.units == "all" else f"0-{int(cfg.units) - 1}"
+    for layer in ("fc8", "fc6", "conv5"):
+        steps = cfg.fc_steps if layer.startswith("fc") else cfg.conv_steps
+        what = "every unit" if units == "all" else f"units {units}"
+        stages.append(Stage(
+            f"panels-{layer}",
+            f"AM panels for {what} of {layer} ({cfg.images_per_unit} images each, "
+            f"{steps} steps; trains the generator on first use)",
+            [_py("-m", "generator.ppgn", "--network", "demo", "--generator", "demo",
+                 "--layer", layer, "--units", units, "--images-per-unit",
+                 str(cfg.images_per_unit), "--steps", str(steps), "--seed", str(cfg.seed),
+                 "--out", str(am))],
+            [am / f"manifest_{layer}.csv"],
+            clean=[am / f"manifest_{layer}.csv", am / f"settings_{layer}.json",
+                   *am.glob(f"units/{layer}_*"), *am.glob(f"panels/{layer}_*")]))
+    photos = cfg.photos if cfg.photos is not None else (
+        DEFAULT_PHOTOS if DEFAULT_PHOTOS.is_dir() else None)
+    source = ["--photos", str(photos)] if photos is not None else ["--digits"]
+    stages += [
+        Stage("practice", "practice panels from real "
+              + ("photos" if photos is not None else "digits (no photo folder: --photos)"),
+              [_py("-m", "generator.panels", "practice", *source, "--seed", str(cfg.seed),
+                   "--out", str(practice))],
+              [practice / "practice.csv"], clean=[practice]),
+        Stage("design", f"the study design ({cfg.lists} lists, {cfg.participants} "
+              "participants)",
+              [_py("-m", "experiment.design", "--panels", str(am / "manifest.csv"),
+                   "--practice", str(practice / "practice.csv"), "--lists", str(cfg.lists),
+                   "--participants", str(cfg.participants), "--seed", str(cfg.seed),
+                   "--out", str(study))],
+              [study], [*(am / f"manifest_{layer}.csv" for layer in LAYERS),
+                        practice / "practice.csv"]),
+        Stage("load", "load the study into the SQLite store",
+              [_py("-m", "server", "load-study", str(study), "--completion-code", "DEMO0000",
+                   "--discard-data")],
+              [cfg.instance / "study.db"], [study],
+              env={"FLASK_INSTANCE_PATH": str(cfg.instance.resolve())}),
+    ]
+    return stages
+
+
+# -- serving ---------------------------------------------------------------------------------
+
+def set_admin_password(instance: Path, password: str | None = None) -> str:
+    """Create the admin account, or give it a new password; returns the password."""
+    password = password or secrets.token_urlsafe(12)
+    env = {**os.environ, "FLASK_INSTANCE_PATH": str(instance.resolve())}
+    done = subprocess.run(_py("-m", "server", "create-admin", ADMIN_USER, "--password-stdin",
+                              "--replace"), input=f"{password}\n", text=True, env=env,
+                          capture_output=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"could not set the admin password: {done.stderr.strip()}")
+    return password
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def start_server(instance: Path, port: int, *, workers: int = 2,
+                 log_file: Path | None = None) -> subprocess.Popen:
+    """gunicorn serving ``server:create_app()`` for ``instance`` on 127.0.0.1:``port``;
+    returns once the health check answers."""
+    from server.healthcheck import check
+
+    env = {**os.environ, "FLASK_INSTANCE_PATH": str(instance.resolve())}
+    cmd = _py("-m", "gunicorn", "-w", str(workers), "-k", "gthread", "--threads", "4",
+              "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "server:create_app()")
+    output = open(log_file, "ab") if log_file else None  # noqa: SIM115 - closed with the server
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=output, stderr=output,
+                            start_new_session=True)
+    proc.log_file = output  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{port}/api/health"
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server stopped at start (exit status {proc.returncode})"
+                               + (f"; see {log_file}" if log_file else ""))
+        if check(url, timeout=2) is None:
+            return proc
+        if time.monotonic() > deadline:
+            stop_server(proc)
+            raise RuntimeError(f"the server did not answer {url} within 60 s")
+        time.sleep(0.2)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if getattr(proc, "log_file", None):
+        proc.log_file.close()
+
+
+def banner(port: int, password: str) -> str:
+    base = f"http://127.0.0.1:{port}"
+    return "\n".join([
+        "",
+        "The demo study is served:",
+        f"  participant (as from Prolific): {base}/?PROLIFIC_PID=demo{secrets.token_hex(4)}"
+        "&STUDY_ID=demo&SESSION_ID=demo",
+        f"  preview (stores nothing):       {base}/",
+        f"  dashboard:                      {base}/admin/",
+        f"  admin user {ADMIN_USER!r}, password: {password}",
+        "Ctrl-C stops the server.",
+    ])
+
+
+# -- simulated participants, export, Table 2 -------------------------------------------------
+
+def simulate(cfg: DemoConfig, participants: int, *, concurrency: int = 10,
+             port: int | None = None, out=None) -> Path:
+    """Simulated participants on a fresh copy of the study; returns Table 2's Markdown."""
+    out = out or sys.stdout
+    sim = cfg.out / "simulation"
+    _remove(sim)
+    instance = sim / "instance"
+    env = {**os.environ, "FLASK_INSTANCE_PATH": str(instance.resolve())}
+    steps: list[tuple[str, list[str]]] = [
+        ("load the study into a fresh store",
+         _py("-m", "server", "load-study", str(cfg.out / "study" / "study.json"),
+             "--completion-code", "DEMO0000")),
+    ]
+    _run_steps(steps, env, out)
+    port = port or free_port()
+    print(f"serving it at http://127.0.0.1:{port} ...", file=out, flush=True)
+    server = start_server(instance, port, log_file=sim / "server.log")
+    try:
+        _run_steps([(f"{participants} simulated participants rate the panels with an "
+                     "independent classifier",
+                     _py("-m", "server.simulate", "--url", f"http://127.0.0.1:{port}",
+                         "--participants", str(participants), "--concurrency",
+                         str(concurrency), "--think-ms", "0", "--seed", str(cfg.seed),
+                         "--rater", "generator.rater:demo_rater", "--check-store",
+                         f"sqlite:///{(instance / 'study.db').resolve()}",
+                         "--json", str(sim / "simulation.json")))], env, out)
+    finally:
+        stop_server(server)
+    table2 = sim / "table2"
+    _run_steps([
+        ("export the data", _py("-m", "server", "export", "--out", str(sim / "export"))),
+        ("Table 2", _py(str(ROOT / "analysis" / "table2.py"), "--responses",
+                        str(sim / "export" / "responses.csv"), "--selectivity",
+                        str(cfg.out / "selectivity.csv"), "--classes", "digits",
+                        "--out", str(table2))),
+    ], env, out)
+    return table2 / "table2.md"
+
+
+def _run_steps(steps: Iterable[tuple[str, list[str]]], env: Mapping[str, str], out) -> None:
+    for title, cmd in steps:
+        print(f"-- {title}", file=out, flush=True)
+        status = subprocess.run(cmd, env=dict(env), cwd=ROOT).returncode
+        if status != 0:
+            raise RuntimeError(f"{title} failed (exit status {status}): {' '.join(cmd)}")
+
+
+# -- command line ----------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiment.demo",
+        description="The demo study end to end on the embedded default (a small network "
+                    "trained on scikit-learn's digits): activations, selectivity, tables and "
+                    "figures, AM panels for every conv5/fc6/fc8 unit, practice panels, the "
+                    "design, the SQLite store; then serve it at 127.0.0.1, or let simulated "
+                    "participants take it and print Table 2. Every stage is cached.",
+        epilog="Reduced size (what the tests run): --units 4 --images-per-unit 9 "
+               "--fc-steps 20 --conv-steps 200 --lists 2 --participants 4.")
+    parser.add_argument("--out", type=Path, default=Path("out/demo"),
+                        help="output folder (default %(default)s)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="port to serve on (default 5000; with --simulate a free one)")
+    parser.add_argument("--simulate", type=int, metavar="N", default=None,
+                        help="N simulated participants take the study, then the data are "
+                             "exported and Table 2 printed (no serving afterwards)")
+    parser.add_argument("--concurrency", type=int, default=10,
+                        help="simulated participants at once (default %(default)s)")
+    parser.add_argument("--no-serve", action="store_true",
+                        help="build the study and stop (no server)")
+    parser.add_argument("--photos", type=Path, default=None,
+                        help="folder of ImageNet photos <wnid>.jpg for the practice panels "
+                             f"(default {DEFAULT_PHOTOS} if there, else real digits)")
+    size = parser.add_argument_group("size")
+    size.add_argument("--units", default="all",
+                      help="units per layer: all (default) or the first K")
+    size.add_argument("--images-per-unit", type=int, default=100,
+                      help="AM images per panel, a square (default 100 = 10x10)")
+    size.add_argument("--fc-steps", type=int, default=50,
+                      help="sampler steps for fc6 and fc8 chains (default %(default)s)")
+    size.add_argument("--conv-steps", type=int, default=1000,
+                      help="sampler steps for conv5 chains (default %(default)s)")
+    size.add_argument("--lists", type=int, default=10, help="lists (default %(default)s)")
+    size.add_argument("--participants", type=int, default=50,
+                      help="participant places over all lists (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    if args.units != "all" and not (args.units.isdigit() and int(args.units) > 0):
+        parser.error(f"--units: all or a positive number, got {args.units!r}")
+    if args.photos is not None and not args.photos.is_dir():
+        parser.error(f"--photos {args.photos}: no such folder")
+    if args.simulate is not None and args.simulate < 1:
+        parser.error("--simulate: at least 1 participant")
+    port = args.port or 5000
+    serve = not args.no_serve and args.simulate is None
+    if serve and not port_is_free(port):
+        parser.error(f"port {port} on 127.0.0.1 is in use: pass --port with a free one")
+    cfg = DemoConfig(out=args.out.resolve(), units=args.units, images_per_unit=args.images_per_unit,
+                     fc_steps=args.fc_steps, conv_steps=args.conv_steps, lists=args.lists,
+                     participants=args.participants,
+                     photos=args.photos.resolve() if args.photos else None, seed=args.seed)
+    started = time.perf_counter()
+    try:
+        run_stages(demo_stages(cfg), cfg.out / ".stages")
+    except StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"the study is ready in {time.perf_counter() - started:.1f} s: {cfg.out}",
+          flush=True)
+    if args.simulate is not None:
+        try:
+            table2 = simulate(cfg, args.simulate, concurrency=args.concurrency,
+                              port=args.port)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"\nTable 2 (simulated participants; {table2}):\n")
+        print(table2.read_text())
+        print(f"demo with simulation done in {time.perf_counter() - started:.1f} s")
+        return 0
+    if not serve:
+        return 0
+    password = set_admin_password(cfg.instance)
+    server = start_server(cfg.instance, port)
+    print(banner(port, password), flush=True)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        print("\nstopping the server")
+    finally:
+        stop_server(server)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
