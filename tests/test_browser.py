@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from server_world import make_design, new_pid, serving, study_app
 from sqlalchemy import select
@@ -184,3 +185,99 @@ def test_a_participant_whose_place_was_taken_is_told_so(live_server, page):
         .to_be_visible()
     with app.extensions["store"].read() as conn:
         assert len(conn.execute(select(responses)).all()) == 1
+
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+
+
+def digit_panel_study(root: Path) -> Path:
+    """A study whose panels look like the demo's: 10x10 grids of real digits (one digit per
+    panel), with practice panels of real digits too."""
+    import pandas as pd
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from experiment.design import build_design, write_study
+    from generator.panels import grid, practice_panels, save_jpeg
+
+    digits = load_digits()
+    (root / "panels").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k, (layer, unit) in enumerate([("conv5", 3), ("fc6", 13), ("fc8", 7), ("fc8", 2)]):
+        picks = [i for i, t in enumerate(digits.target) if t == [3, 4, 7, 2][k]][:100]
+        cells = [np.asarray(Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8))
+                            .resize((32, 32), Image.BILINEAR)) for i in picks]
+        path = root / "panels" / f"{layer}_{unit:04d}.jpg"
+        save_jpeg(grid(np.stack(cells), 10, 10), path, min_cell=64, cell=32)
+        rows.append({"panel_id": path.stem, "layer": layer, "unit": unit, "path": str(path)})
+    listing = practice_panels(root / "practice")
+    practice = pd.read_csv(listing)
+    practice["path"] = [str(root / "practice" / p) for p in practice["path"]]
+    design = build_design(pd.DataFrame(rows), practice, n_lists=2, participants=6, seed=0)
+    return write_study(design, root / "study.json")
+
+
+def test_screenshots_of_the_participant_page_and_the_dashboard(tmp_path, page):
+    """The README's two pictures, taken here: with UPDATE_SCREENSHOTS=1 they are written to
+    docs/screenshots/ (JPEG, small); ``SCREENSHOT_STUDY=out/demo/study/study.json`` takes
+    them on the demo study's real AM panels instead of grids of real digits."""
+    from server.auth import create_admin
+    from server.simulate import run_simulation
+
+    design = Path(os.environ.get("SCREENSHOT_STUDY") or digit_panel_study(tmp_path / "study"))
+    app = study_app(f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "instance", design,
+                    "SHOT1")
+    create_admin(app.extensions["store"], "alice", "correct horse battery")
+    with serving(app) as base:
+        # some participants done and some under way, so the dashboard has something to show
+        # (in a thread: Playwright's own event loop runs in this one)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(run_simulation, base, 5, 3, seed=1, think_ms=0, abandon_rate=0.4,
+                        reload_rate=0).result()
+        page.goto(f"{base}/?PROLIFIC_PID={new_pid()}&STUDY_ID={'c' * 24}"
+                  f"&SESSION_ID={'d' * 24}")
+        page.get_by_role("button", name="I agree to take part").click()
+        page.get_by_role("button", name="Continue").click()
+        page.get_by_role("button", name="Check my screen and continue").click()
+        for _ in range(6):
+            answer_trial(page, yes=True, text="dog")
+        page.get_by_role("button", name="Start the study").click()
+        # "no" until an fc8 panel is shown (fc8 unit k is digit k), then name its digit
+        while True:
+            page.locator("#yes").wait_for(state="visible")
+            state = page.evaluate("fetch('/api/state').then(r => r.json())")
+            panel = state["trials"][state["next_index"]]["panel_id"]
+            if panel.startswith("fc8"):
+                break
+            answer_trial(page, yes=False)
+            page.wait_for_function(f"document.querySelector('#progress').innerText"
+                                   f".startsWith('Panel {state['next_index'] - 4} of')")
+        words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+        page.keyboard.press("y")
+        page.locator("#object-text").wait_for(state="visible")
+        page.keyboard.type(f"the number {words[int(panel.split('_')[1]) % 10]}")
+        shots = {"participant.jpg": page.screenshot(type="jpeg", quality=70)}
+
+        page.goto(f"{base}/admin/login")
+        page.fill("input[name=username]", "alice")
+        page.fill("input[name=password]", "correct horse battery")
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(f"{base}/admin/")
+        expect(page.get_by_role("heading").first).to_be_visible()
+        shots["dashboard.jpg"] = page.screenshot(type="jpeg", quality=70, full_page=True)
+
+    import io
+
+    from PIL import Image
+
+    for name, data in shots.items():
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.width == 1280 and image.height >= 800, name
+            assert np.asarray(image.convert("L")).std() > 10, name  # not a blank page
+        assert len(data) < 400_000, (name, len(data))
+        (tmp_path / name).write_bytes(data)
+        if os.environ.get("UPDATE_SCREENSHOTS"):
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            (SCREENSHOTS / name).write_bytes(data)
