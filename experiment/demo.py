@@ -472,13 +472,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     password = set_admin_password(cfg.instance)
     server = start_server(cfg.instance, port)
     print(banner(port, password), flush=True)
+    # gunicorn runs in its own session (a Ctrl-C reaches this process only): stop it on
+    # Ctrl-C, a plain kill or a closed terminal alike
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on_signal)
     try:
         server.wait()
     except KeyboardInterrupt:
-        print("\nstopping the server")
+        pass
     finally:
+        print("\nstopping the server", flush=True)
         stop_server(server)
     return 0
+
+
+def _stop_on_signal(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

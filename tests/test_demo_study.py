@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -197,8 +198,10 @@ def test_the_demo_end_to_end_at_reduced_size(tmp_path, capfd):
         assert log_in(base, "admin", password) == 200
         assert log_in(base, "admin", password + "x") == 401
     finally:
-        served.send_signal(signal.SIGINT)
+        served.send_signal(signal.SIGTERM)  # a plain kill stops gunicorn too (Ctrl-C alike)
         assert served.wait(30) == 0
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{base}/api/health", timeout=5)
 
 
 def log_in(base: str, user: str, password: str) -> int:
