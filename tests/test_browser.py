@@ -252,8 +252,9 @@ def test_screenshots_of_the_participant_page_and_the_dashboard(tmp_path, page):
             if panel.startswith("fc8"):
                 break
             answer_trial(page, yes=False)
-            page.wait_for_function(f"document.querySelector('#progress').innerText"
-                                   f".startsWith('Panel {state['next_index'] - 4} of')")
+            # (a string wait_for_function would be an eval, which the page's CSP forbids)
+            expect(page.locator("#progress")).to_contain_text(
+                f"Panel {state['next_index'] - 4} of ")
         words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
         page.keyboard.press("y")
         page.locator("#object-text").wait_for(state="visible")
