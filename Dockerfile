@@ -24,7 +24,8 @@ RUN useradd --create-home --uid 10001 --user-group study \
     && chown study:study /data /var/lib/selectivity /var/cache/selectivity
 
 # Configuration: any FLASK_<NAME> (see the README), DATABASE_URL (default: SQLite in the
-# instance folder), and gunicorn's own GUNICORN_CMD_ARGS.
+# instance folder), and gunicorn's own GUNICORN_CMD_ARGS (a changed port goes into
+# HEALTHCHECK_URL too).
 ENV FLASK_INSTANCE_PATH=/var/lib/selectivity \
     SELECTIVITY_CACHE=/var/cache/selectivity \
     GUNICORN_CMD_ARGS="--bind 0.0.0.0:8000 --workers 4 --worker-class gthread --threads 4 --access-logfile -" \

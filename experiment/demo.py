@@ -402,8 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "figures, AM panels for every conv5/fc6/fc8 unit, practice panels, the "
                     "design, the SQLite store; then serve it at 127.0.0.1, or let simulated "
                     "participants take it and print Table 2. Every stage is cached.",
-        epilog="Reduced size (what the tests run): --units 4 --images-per-unit 9 "
-               "--fc-steps 20 --conv-steps 200 --lists 2 --participants 4.")
+        epilog="Reduced size (what tests/test_demo_study.py runs): --units 10 "
+               "--images-per-unit 16 --fc-steps 30 --conv-steps 300 --lists 2 "
+               "--participants 10 --simulate 12. Outputs: OUT/digits.h5, selectivity.csv, "
+               "tables/, figures/, am/ (panels and manifest), practice/, study/study.json, "
+               "instance/ (the SQLite store), simulation/ (with --simulate), .stages/ "
+               "(stamps and each stage's log).")
     parser.add_argument("--out", type=Path, default=Path("out/demo"),
                         help="output folder (default %(default)s)")
     parser.add_argument("--port", type=int, default=None,
