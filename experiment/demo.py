@@ -47,7 +47,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,43 +291,41 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def start_server(instance: Path, port: int, *, workers: int = 2,
-                 log_file: Path | None = None) -> subprocess.Popen:
-    """gunicorn serving ``server:create_app()`` for ``instance`` on 127.0.0.1:``port``;
-    returns once the health check answers."""
+@contextmanager
+def gunicorn(instance: Path, port: int, *, workers: int = 2,
+             log_file: Path | None = None) -> Iterator[subprocess.Popen]:
+    """gunicorn serving ``server:create_app()`` for ``instance`` on 127.0.0.1:``port``,
+    in its own session; entered once the health check answers, stopped on exit (also
+    when the start fails or is interrupted)."""
     from server.healthcheck import check
 
     env = {**os.environ, "FLASK_INSTANCE_PATH": str(instance.resolve())}
     cmd = _py("-m", "gunicorn", "-w", str(workers), "-k", "gthread", "--threads", "4",
               "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "server:create_app()")
-    output = open(log_file, "ab") if log_file else None  # noqa: SIM115 - closed with the server
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=output, stderr=output,
-                            start_new_session=True)
-    proc.log_file = output  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}/api/health"
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server stopped at start (exit status {proc.returncode})"
-                               + (f"; see {log_file}" if log_file else ""))
-        if check(url, timeout=2) is None:
-            return proc
-        if time.monotonic() > deadline:
-            stop_server(proc)
-            raise RuntimeError(f"the server did not answer {url} within 60 s")
-        time.sleep(0.2)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+    with ExitStack() as stack:
+        output = stack.enter_context(open(log_file, "ab")) if log_file else None
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=output, stderr=output,
+                                start_new_session=True)
         try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    if getattr(proc, "log_file", None):
-        proc.log_file.close()
+            deadline = time.monotonic() + 60
+            while check(url, timeout=2) is not None:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the server stopped at start (exit status "
+                                       f"{proc.returncode})"
+                                       + (f"; see {log_file}" if log_file else ""))
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not answer {url} within 60 s")
+                time.sleep(0.2)
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
 
 
 def banner(port: int, password: str) -> str:
@@ -361,8 +360,7 @@ def simulate(cfg: DemoConfig, participants: int, *, concurrency: int = 10,
     _run_steps(steps, env, out)
     port = port or free_port()
     print(f"serving it at http://127.0.0.1:{port} ...", file=out, flush=True)
-    server = start_server(instance, port, log_file=sim / "server.log")
-    try:
+    with gunicorn(instance, port, log_file=sim / "server.log"):
         _run_steps([(f"{participants} simulated participants rate the panels with an "
                      "independent classifier",
                      _py("-m", "server.simulate", "--url", f"http://127.0.0.1:{port}",
@@ -371,8 +369,6 @@ def simulate(cfg: DemoConfig, participants: int, *, concurrency: int = 10,
                          "--rater", "generator.rater:demo_rater", "--check-store",
                          f"sqlite:///{(instance / 'study.db').resolve()}",
                          "--json", str(sim / "simulation.json")))], env, out)
-    finally:
-        stop_server(server)
     table2 = sim / "table2"
     _run_steps([
         ("export the data", _py("-m", "server", "export", "--out", str(sim / "export"))),
@@ -387,7 +383,7 @@ def simulate(cfg: DemoConfig, participants: int, *, concurrency: int = 10,
 def _run_steps(steps: Iterable[tuple[str, list[str]]], env: Mapping[str, str], out) -> None:
     for title, cmd in steps:
         print(f"-- {title}", file=out, flush=True)
-        status = subprocess.run(cmd, env=dict(env), cwd=ROOT).returncode
+        status = _run(cmd, env, None)
         if status != 0:
             raise RuntimeError(f"{title} failed (exit status {status}): {' '.join(cmd)}")
 
@@ -474,19 +470,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not serve:
         return 0
     password = set_admin_password(cfg.instance)
-    server = start_server(cfg.instance, port)
-    print(banner(port, password), flush=True)
     # gunicorn runs in its own session (a Ctrl-C reaches this process only): stop it on
     # Ctrl-C, a plain kill or a closed terminal alike
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop_on_signal)
     try:
-        server.wait()
+        with gunicorn(cfg.instance, port) as server:
+            print(banner(port, password), flush=True)
+            server.wait()
     except KeyboardInterrupt:
-        pass
-    finally:
-        print("\nstopping the server", flush=True)
-        stop_server(server)
+        print("\nthe server is stopped", flush=True)
     return 0
 
 
