@@ -131,11 +131,6 @@ PRACTICE_GROUPS: dict[str, tuple[int, ...]] = {
 }
 
 
-def _imagenet_wnids() -> list[str]:
-    lines = (Path(__file__).with_name("imagenet1k_classes.tsv")).read_text().splitlines()[1:]
-    return [line.split("\t")[1] for line in lines]
-
-
 def practice_panels(out: str | Path, *, photos: str | Path | None = None,
                     groups: dict[str, Sequence[int]] | None = None, per_panel: int = 20,
                     rows: int = 4, cols: int = 5, seed: int = 0) -> Path:
@@ -158,7 +153,9 @@ def practice_panels(out: str | Path, *, photos: str | Path | None = None,
         folder = Path(photos)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such folder of photos")
-        wnids = _imagenet_wnids()
+        from .images import imagenet_classes
+
+        wnids = imagenet_classes()[0]
         for label, indices in (groups or PRACTICE_GROUPS).items():
             files = [folder / f"{wnids[i]}.jpg" for i in indices]
             files = [f for f in files if f.is_file()]

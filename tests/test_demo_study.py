@@ -27,6 +27,7 @@ from experiment.demo import (
     main,
     run_stages,
 )
+from generator.images import imagenet_classes
 from generator.panels import PRACTICE_GROUPS, practice_panels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,9 +93,7 @@ def test_the_demo_has_every_stage_of_the_pipeline(tmp_path):
 
 def fake_photos(folder: Path, per_group: int = 20) -> None:
     """Solid-colour stand-ins named like ImageNet photos, ``per_group`` per category."""
-    wnids = [line.split("\t")[1] for line in
-             (Path(__file__).resolve().parents[1] / "generator" / "imagenet1k_classes.tsv")
-             .read_text().splitlines()[1:]]
+    wnids = imagenet_classes()[0]
     folder.mkdir(parents=True, exist_ok=True)
     for g, indices in enumerate(PRACTICE_GROUPS.values()):
         for k, i in enumerate(indices[:per_group]):
