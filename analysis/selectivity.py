@@ -26,7 +26,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -35,6 +34,8 @@ from multiprocessing import get_context
 
 import numpy as np
 import pandas as pd
+
+from common.files import atomic_path
 
 from . import _kernels as K
 from .activations import ActivationTable, ActivationTableError, open_table
@@ -491,19 +492,10 @@ def compute(
 
 
 def write_results(df: pd.DataFrame, out: str | os.PathLike) -> None:
-    """Write a results CSV atomically (a crash never leaves half a file)."""
-    out = os.fspath(out)
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".selectivity-", suffix=".csv", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            df.to_csv(fh, index=False)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write a results CSV atomically (a crash never leaves half a file), with the
+    project's one file mode (:data:`common.files.FILE_MODE`)."""
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as fh:
+        df.to_csv(fh, index=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -63,7 +63,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -72,6 +71,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from common.files import atomic_write_text
 
 __all__ = [
     "FORMAT",
@@ -403,6 +404,12 @@ def build_design(panels: pd.DataFrame, practice: pd.DataFrame, n_lists: int,
             f"lists = {n_lists} (--lists) but the design has only {n_panels} panels"
             f"{' after sampling' if sample else ''}, and every list needs at least one; "
             f"ask for at most {n_panels} lists")
+    if participants < n_lists:
+        raise DesignError(
+            f"participants = {participants} (--participants) but lists = {n_lists} (--lists): "
+            f"{n_lists - participants} list(s) would have no participant, and their panels "
+            f"would never be rated; ask for at most {participants} lists or at least "
+            f"{n_lists} participants")
     ids = [str(p) for p in panels["panel_id"]]
     dealt = _deal([[ids[i] for i in rows] for rows in chosen.values()], n_lists, rng)
     targets = _targets(participants, n_lists, rng)
@@ -621,23 +628,14 @@ def _with_files(study: Mapping, out_dir: str) -> dict:
 
 
 def write_study(study: Mapping, out_path: str | os.PathLike) -> Path:
-    """Validate, add sha256, make paths relative to ``out_path``'s folder, write atomically."""
+    """Validate, add sha256, make paths relative to ``out_path``'s folder, write atomically
+    (with the project's one file mode, :data:`common.files.FILE_MODE`)."""
     validate_design(study)
     out_path = Path(out_path)
     out_dir = os.path.abspath(out_path.parent)
     os.makedirs(out_dir, exist_ok=True)
     text = json.dumps(_with_files(study, out_dir), indent=2, ensure_ascii=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(out_path, text)
     log.info("wrote %s (%d lists, %d panels)", out_path, len(study["lists"]),
              len(study["panels"]))
     return out_path

@@ -222,10 +222,10 @@ def test_same_seed_same_file_apart_from_created(world, tmp_path):
 
 @pytest.mark.parametrize(("layers", "n_lists", "participants"), [
     ({"a": 10}, 3, 7),
-    ({"a": 5, "b": 5, "c": 5}, 4, 0),
-    ({"a": 1, "b": 1, "c": 1, "d": 1}, 3, 2),
+    ({"a": 5, "b": 5, "c": 5}, 4, 4),
+    ({"a": 1, "b": 1, "c": 1, "d": 1}, 3, 5),
     ({"x": 7, "y": 13, "z": 2}, 22, 100),
-    ({"x": 7, "y": 13, "z": 2}, 5, 3),
+    ({"x": 7, "y": 13, "z": 2}, 5, 8),
     ({"only": 4}, 4, 4),
 ])
 def test_dealing_invariants(layers, n_lists, participants):
@@ -343,6 +343,10 @@ def test_duplicate_practice_ids_are_reported(tmp_path):
                               "practice.csv", "add rows"]),
     ({"practice_trials": -2}, ["practice_trials = -2", "0 or more"]),
     ({"n_lists": 30, "sample": {"fc6": 2}}, ["only 18 panels after sampling", "at most 18 lists"]),
+    # 3 participants for 10 lists: 7 lists (and their panels) would never be rated
+    ({"n_lists": 10, "participants": 3}, ["participants = 3", "lists = 10", "7 list(s)",
+                                          "never be rated", "at most 3 lists"]),
+    ({"n_lists": 4, "participants": 0}, ["4 list(s) would have no participant"]),
 ])
 def test_impossible_requests(world, kwargs, needles):
     panels, practice = world
@@ -394,6 +398,7 @@ def test_frames_with_missing_columns_or_no_rows():
     (["--sample", "fc6=3", "--sample", "fc6=4"], ["sampled twice"]),
     (["--lists", "0"], ["--lists", "at least 1"]),
     (["--participants", "-5"], ["participants = -5"]),
+    (["--participants", "3", "--lists", "10"], ["7 list(s) would have no participant"]),
 ])
 def test_cli_errors_exit_2_with_a_message(world, tmp_path, capsys, args, needles):
     panels, practice = world

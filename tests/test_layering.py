@@ -30,11 +30,18 @@ def import_everything(package: str, where: Path = ROOT) -> dict:
     return json.loads(out.stdout)
 
 
-@pytest.mark.parametrize("package", ["analysis", "experiment", "server"])
+@pytest.mark.parametrize("package", ["common", "analysis", "experiment", "server"])
 def test_torch_free_packages_never_import_torch(package):
     result = import_everything(package)
     assert result["modules"], package
     assert "torch" not in result["loaded"], f"importing {package} imported torch"
+
+
+def test_common_is_the_bottom_and_needs_only_the_standard_library():
+    result = import_everything("common")
+    above = [m for m in result["loaded"] if m.split(".")[0] in
+             ("analysis", "generator", "server", "experiment", "numpy", "pandas", "torch")]
+    assert not above, f"common imports {above}"
 
 
 def test_server_never_imports_generator():
