@@ -212,7 +212,9 @@ def synthetic_cases(n_classes: int = 10, per_class: int = 100
 
 
 def _class_label(c: int, class_names: Sequence[str] | None) -> str:
-    if class_names is not None and 0 <= c < len(class_names):
+    """``cat (3)`` for a named class; ``class 3`` when unnamed or named by its own
+    index (the digits' "3"), which would read "3 (3)"."""
+    if class_names is not None and 0 <= c < len(class_names) and str(class_names[c]) != str(c):
         return f"{class_names[c]} ({c})"
     return f"class {c}"
 

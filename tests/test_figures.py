@@ -257,3 +257,13 @@ def test_no_torch_no_pyplot():
             "assert 'torch' not in sys.modules, 'torch imported'; "
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_the_highlighted_class_is_named_once(table):
+    _, labels, fc6 = table
+    acts = fc6[:, 0]  # top class 2
+    named = plot_jitter(acts, labels, class_names=["cat", "dog", "owl"])
+    assert named.axes[0].get_title() == "Activations; highlighted: owl (2)"
+    # classes named by their index (the digits): "2", not "2 (2)"
+    digits = plot_jitter(acts, labels, class_names=["0", "1", "2"])
+    assert digits.axes[0].get_title() == "Activations; highlighted: class 2"
