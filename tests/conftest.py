@@ -1,26 +1,33 @@
 """Shared fixtures: where the shared data lives (DESIGN.md §8); the experiment server's
-temporary worlds (a small design, a fresh SQLite or PostgreSQL store, an app)."""
+temporary worlds (a small design, a fresh SQLite or PostgreSQL store, an app); strict mode
+(tests/system_deps.py: under CI=true a missing chromium, WordNet or PostgreSQL fails)."""
 
 from pathlib import Path
 
 import pytest
-from server_world import LAYERS, make_design, store_url, study_app
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SAMPLES = SHARED_DATA / "imagenet-samples"
+pytest.register_assert_rewrite("system_deps")  # a plugin, imported below before pytest loads it
+
+from server_world import LAYERS, make_design, store_url, study_app  # noqa: E402
+from system_deps import SHARED_PHOTOS, require  # noqa: E402
+
+# strict mode's hooks (tests/system_deps.py)
+pytest_plugins = ("system_deps",)
+
+SAMPLES = SHARED_PHOTOS
 
 
 @pytest.fixture(scope="session")
 def sample_photos() -> list[Path]:
     """The real ImageNet photos of ../shared/data (one per class), sorted by WordNet id."""
-    if not SAMPLES.is_dir():
-        pytest.skip(f"{SAMPLES} is absent: the shared data folder sits beside the checkout")
+    require("shared_data")
     return sorted(SAMPLES.glob("*.jpg"))
 
 
 # -- the experiment server -------------------------------------------------------------------
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql",
+                                                marks=pytest.mark.needs_system("postgresql"))])
 def store_kind(request):
     return request.param
 

@@ -5,7 +5,6 @@ interface."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import uuid
@@ -16,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
+from system_deps import PG_URL, missing, require
 
 from experiment.design import build_design, write_study
 from server import create_app
@@ -25,8 +24,6 @@ from server.study import load_design
 
 #: The server tests' design: 18 panels, 6 per list over 3 lists (and 6 practice panels).
 LAYERS = {"conv5": 3, "fc6": 9, "fc8": 6}
-
-PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def make_design(root: Path, layers: dict[str, int], n_lists: int, participants: int,
@@ -84,14 +81,8 @@ def serving(app) -> Iterator[str]:
 
 
 def postgres_available() -> str | None:
-    """None if the test PostgreSQL answers, else the reason it does not."""
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_URL, connect_timeout=3):
-            return None
-    except Exception as exc:  # noqa: BLE001 - any failure means: skip with the reason
-        return f"PostgreSQL at {PG_URL} is not reachable ({type(exc).__name__}: {exc})"
+    """None if the test PostgreSQL ($TEST_DATABASE_URL) answers, else the reason it does not."""
+    return missing("postgresql")
 
 
 @contextmanager
@@ -100,9 +91,7 @@ def store_url(kind: str, tmp_path: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'study.db'}"
         return
-    reason = postgres_available()
-    if reason:
-        pytest.skip(reason)
+    require("postgresql")   # skips without it; fails in strict mode (CI=true)
     import psycopg
 
     schema = f"t_{uuid.uuid4().hex[:12]}"

@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 from server_world import make_design, new_pid, serving, study_app
 from sqlalchemy import select
+from system_deps import chromium_path
 
 from server.store import participants, responses
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+#: $CHROMIUM, else Debian's /usr/bin/chromium; without it these tests skip (fail under CI=true).
+CHROMIUM = chromium_path()
+pytestmark = pytest.mark.needs_system("chromium")
 
 playwright_api = pytest.importorskip("playwright.sync_api",
-                                     reason="the playwright package is not installed")
+                                     reason="the playwright package is not installed "
+                                            "(make install)")
 expect = playwright_api.expect
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no chromium at {CHROMIUM} (Debian package chromium; `make install` adds it)",
-                allow_module_level=True)
 
 
 @pytest.fixture

