@@ -35,6 +35,7 @@ from multiprocessing import get_context
 import numpy as np
 import pandas as pd
 
+from common.cpus import available_cpus
 from common.files import atomic_path
 
 from . import _kernels as K
@@ -379,7 +380,7 @@ def _pool_context():
 def _default_workers(n_values: int, n_tasks: int) -> int:
     if n_values < 20_000_000:  # a few seconds of work: not worth starting processes
         return 1
-    return max(1, min(os.cpu_count() or 1, n_tasks))
+    return max(1, min(available_cpus(), n_tasks))  # the CPUs this process may use
 
 
 def compute(

@@ -1,8 +1,18 @@
 """Benchmark of the PPGN sampler: chain-steps per second, FLOPs per step, share of peak.
 
     python benchmarks/ppgn.py [--batches 8 32] [--device cpu|cuda] [--amp] [--skip-caffenet]
+                              [--compare-chains 256] [--compare-steps 50] [--skip-compare]
 
-For the demo pair (trained on first use) and for CaffeNet + the DeePSiM
+On the CPU it first compares, on the demo pair at the demo's settings (50 steps a
+chain), the sampler as ``generate`` runs it now (the networks prepared by
+``generator.ppgn.load_models``: channels-last, a faster LRN and first convolution;
+one batch per available CPU, each in its own thread with one intra-op thread) with
+the old path measured in the same run (the networks as trained, one batch of 64 at a
+time with torch's default thread count: every CPU), and prints the ratio. (The old
+path drew each chain's noise one step at a time; both paths here draw it ahead, which
+was under 1% of a step.)
+
+Then, for the demo pair (trained on first use) and for CaffeNet + the DeePSiM
 generator at 227/256 (random weights: speed does not depend on the values), it
 times full sampler steps (G forward, classifier forward to the target,
 backward to h, the update) at each batch size, counts the multiply-adds of one
@@ -28,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from generator.ppgn import Models, Sampler, Settings, target_for  # noqa: E402
+from generator.threads import available_cpus, torch_threads, worker_pool  # noqa: E402
 
 
 def macs_of(module: nn.Module, x: torch.Tensor, **kwargs) -> int:
@@ -89,6 +100,48 @@ def time_steps(models: Models, layer: str, batch: int, steps: int, amp: bool = F
     return (time.perf_counter() - started) / steps
 
 
+def compare_paths(layer: str, chains: int, steps: int, batch: int = 64) -> tuple[float, float]:
+    """(old, new) chain-steps/s on the demo pair for ``chains`` chains of ``steps`` steps."""
+    from generator.demo import trained_demo_network
+    from generator.demo_generator import trained_demo_generator
+    from generator.ppgn import load_models, settings_for
+
+    new = load_models("demo", "demo")
+    net, _ = trained_demo_network()
+    gen, _ = trained_demo_generator()  # as trained: NCHW, nn.LocalResponseNorm, nn.Conv2d
+    for p in net.parameters():  # as load_network gave it to the old path
+        p.requires_grad_(False)
+    settings = settings_for(layer, steps=steps)
+    target = target_for(new.classifier, layer)
+    cpus = available_cpus()
+
+    def sampler(g, c):
+        return Sampler(g, c, target, settings=settings, crop=new.crop, code_dim=new.code_dim,
+                       layer_name=layer, init_codes=new.init_codes)
+
+    old_sampler, new_sampler = sampler(gen.eval(), net.eval()), sampler(new.generator,
+                                                                         new.classifier)
+    rows = [(u % 10, c) for c, u in enumerate(range(chains))]
+    batches = [rows[i:i + batch] for i in range(0, len(rows), batch)]
+
+    def run(s, b):
+        units, chain_ids = zip(*b, strict=True)
+        return list(s.run(units, chain_ids, pad_to=batch))
+
+    run(old_sampler, batches[0][:4])  # warm-up: one-off allocations, kernel choices
+    run(new_sampler, batches[0][:4])
+    with torch_threads(cpus):  # the old path: one batch at a time, every CPU inside it
+        started = time.perf_counter()
+        for b in batches:
+            run(old_sampler, b)
+        old = chains * steps / (time.perf_counter() - started)
+    with torch_threads(1), worker_pool(cpus) as pool:  # the new: a batch per CPU
+        started = time.perf_counter()
+        list(pool.map(lambda b: run(new_sampler, b), batches))
+        now = chains * steps / (time.perf_counter() - started)
+    return old, now
+
+
 def flops_per_chain_step(models: Models, layer: str) -> float:
     target = target_for(models.classifier, layer)
     device = next(models.generator.parameters()).device
@@ -103,11 +156,9 @@ def flops_per_chain_step(models: Models, layer: str) -> float:
 def caffenet_models(device: torch.device) -> Models:
     from generator.deepsim import DeePSiMGenerator, crop_to_classifier, to_pixels
     from generator.networks import caffenet
+    from generator.ppgn import _for_sampling
 
-    net = caffenet().to(device).eval()
-    gen = DeePSiMGenerator().to(device).eval()
-    for p in [*net.parameters(), *gen.parameters()]:
-        p.requires_grad_(False)
+    gen, net = _for_sampling(DeePSiMGenerator(), caffenet(), device)  # as load_models does
     return Models(net, gen, lambda x: crop_to_classifier(x, 227), 4096, to_pixels,
                   {"network": "caffenet (random)", "generator": "deepsim (random)"})
 
@@ -120,11 +171,26 @@ def main() -> int:
     parser.add_argument("--skip-caffenet", action="store_true")
     parser.add_argument("--amp", action="store_true",
                         help="also time bfloat16 autocast (against the bfloat16 matmul rate)")
+    parser.add_argument("--compare-chains", type=int, default=256,
+                        help="chains per layer for the old-versus-new comparison (CPU)")
+    parser.add_argument("--compare-steps", type=int, default=50,
+                        help="steps a chain in the comparison (the demo's: 50)")
+    parser.add_argument("--skip-compare", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cpu" and not args.skip_compare:
+        print(f"old path (one batch of 64 at a time, {available_cpus()} intra-op threads, "
+              f"the networks as trained) versus new (one batch of 64 per CPU, 1 thread "
+              f"each, the prepared networks); demo pair, {args.compare_chains} chains x "
+              f"{args.compare_steps} steps")
+        for layer in ("fc8", "fc6"):
+            old, new = compare_paths(layer, args.compare_chains, args.compare_steps)
+            print(f"  {layer}: old {old:7.0f} chain-steps/s, new {new:7.0f} chain-steps/s: "
+                  f"{new / old:.2f}x")
+        print()
     demo_batches = [16, 64, 256] if device.type == "cpu" else [256, 1024, 4096]
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU ({torch.get_num_threads()} threads)"
+        f"CPU ({torch.get_num_threads()} threads, one batch at a time)"
     peak = matmul_rate(device)
     print(f"device: {card}; measured float32 matmul rate {peak / 1e9:.0f} GFLOP/s")
     peaks = {False: peak}

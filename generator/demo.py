@@ -29,6 +29,19 @@ of the training figures beside it; later calls load the cache. A cache whose
 JSON names another architecture (a fingerprint of the layers) or whose weights
 do not fit is trained again; a change of the training recipe alone is not
 detected (delete ``<cache>/demo``).
+
+Trained weights are deterministic per machine, not across machines. The same seed,
+settings (the thread count among them), torch build and kind of CPU give
+bit-identical weights (two clones on one machine cache files with the same SHA-256),
+but another instruction set (AVX-512 or only AVX2, another CPU vendor's math-library
+code path) rounds the floating-point sums differently, and 460 optimizer steps
+amplify those last-bit differences into other weights: of about the same accuracy,
+but with other decisions on inputs far from the digits (random noise, say). So a
+test or a result must hold for any reasonably trained network, not for one set of
+weights (see :mod:`generator.rater`). The JSON beside each cached network records
+what trained it, under ``"trained_on"`` (:func:`training_environment`: torch and its
+CPU capability, the CPU model and SIMD features, the Python and NumPy versions, the
+thread count); caches written before that key existed load as before.
 """
 
 from __future__ import annotations
@@ -38,6 +51,8 @@ import io
 import json
 import logging
 import os
+import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -52,6 +67,7 @@ from PIL import Image
 from torch import nn
 
 from .networks import Preprocessing, TappedNet, WeightsError, _taps_for, load_state
+from .threads import TRAINING_THREADS
 
 __all__ = [
     "DIGIT_CLASS_NAMES",
@@ -75,6 +91,7 @@ __all__ = [
     "atomic_write_bytes",
     "trained_demo_network",
     "trained_demo_network_b",
+    "training_environment",
 ]
 
 log = logging.getLogger(__name__)
@@ -268,7 +285,7 @@ def evaluate(model: TappedNet, images: torch.Tensor, labels: torch.Tensor,
 def train_demo_network(
     seed: int | None = None, *, variant: str = "a", epochs: int | None = None, steps: int | None = None,
     batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 1e-4, max_shift: int = 2,
-    threads: int = 2, split_seed: int = SPLIT_SEED,
+    threads: int = TRAINING_THREADS, split_seed: int = SPLIT_SEED,
 ) -> tuple[TappedNet, dict]:
     """Train a demo classifier on the training split; returns (model in eval mode, metrics).
 
@@ -277,7 +294,9 @@ def train_demo_network(
     ``steps`` overrides ``epochs`` (optimizer steps in all; for tests). AdamW
     with a one-cycle schedule, random shifts of up to ``max_shift`` pixels. The same seed, settings, torch build
     and CPU give identical weights (``threads`` is fixed for that: the split of
-    reductions across threads changes the rounding).
+    reductions across threads changes the rounding; the default,
+    :data:`generator.threads.TRAINING_THREADS` = 1, is what every machine has, so the
+    weights never depend on the CPU count and training never oversubscribes).
     """
     spec = _variant(variant)
     seed = spec.seed if seed is None else int(seed)
@@ -382,6 +401,59 @@ def deterministic(threads: int) -> Iterator[None]:
             torch.use_deterministic_algorithms(old_deterministic)
 
 
+#: The /proc/cpuinfo flags that decide which SIMD code paths torch and its math libraries take.
+_SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw",
+               "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+               "amx_int8", "asimd", "sve", "sve2")
+
+
+def _cpuinfo(path: str | os.PathLike = "/proc/cpuinfo") -> tuple[str | None, list[str] | None]:
+    """(CPU model name, the SIMD flags among :data:`_SIMD_FLAGS`) from ``/proc/cpuinfo``;
+    (None, None) where it cannot be read (not Linux)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return None, None
+    model, flags = None, None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if model is None and key in ("model name", "cpu model", "hardware"):
+            model = value.strip() or None
+        elif flags is None and key in ("flags", "features"):
+            present = set(value.split())
+            flags = [f for f in _SIMD_FLAGS if f in present]
+    return model, flags
+
+
+def training_environment(threads: int | None = None) -> dict:
+    """What a network was trained on, for the JSON beside cached weights: training is
+    deterministic per machine but not across CPU kinds (see the module docstring).
+
+    ``threads``: the intra-op thread count the training used (None: torch's current one).
+    Keys: ``torch_version``, ``cpu_capability`` (the SIMD level torch dispatches to,
+    e.g. "AVX512", "AVX2"), ``machine``, ``cpu_model`` and ``cpu_flags`` (from
+    /proc/cpuinfo; null where unreadable), ``python_version``, ``numpy_version``,
+    ``threads``.
+    """
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):  # pragma: no cover - torch < 2.1
+        capability = None
+    model, flags = _cpuinfo()
+    return {
+        "torch_version": torch.__version__,
+        "cpu_capability": capability,
+        "machine": platform.machine(),
+        "cpu_model": model or platform.processor() or None,
+        "cpu_flags": flags,
+        "python_version": platform.python_version(),
+        "numpy_version": np.__version__,
+        "threads": int(threads) if threads is not None else torch.get_num_threads(),
+        "platform": sys.platform,
+    }
+
+
 def architecture_id(model: nn.Module) -> str:
     """A short fingerprint of a network's layers (its repr): stale caches are retrained."""
     return hashlib.sha256(repr(model).encode()).hexdigest()[:16]
@@ -425,7 +497,8 @@ def _trained(variant: str, seed: int | None, root: str | os.PathLike | None) -> 
     path = cached_weights_path(variant, seed, root)
     if path.exists():
         try:
-            model, checksum = load_cached(path, spec.build)
+            # a cache trained with another thread count is another network: train again
+            model, checksum = load_cached(path, spec.build, {"threads": TRAINING_THREADS})
         except WeightsError as exc:
             log.warning("demo network %s: cached weights unusable, training again: %s", variant, exc)
         else:
@@ -436,6 +509,7 @@ def _trained(variant: str, seed: int | None, root: str | os.PathLike | None) -> 
     log.info("demo network %s (seed %d): no cached weights, training (cached at %s)",
              variant, seed, path)
     model, metrics = train_demo_network(seed, variant=variant)
+    metrics = {**metrics, "trained_on": training_environment(metrics.get("threads"))}
     buffer = io.BytesIO()  # not torch.save(path): the archive name would follow the file name
     torch.save(model.state_dict(), buffer)
     blob = buffer.getvalue()
@@ -450,7 +524,9 @@ def trained_demo_network(seed: int = 0, cache_dir: str | os.PathLike | None = No
     """The trained :func:`demo_network` in eval mode and the sha256 of its cached weights file.
 
     Trains on first use (:func:`train_demo_network`) and caches the state dict
-    and a JSON of the training figures; later calls load the cache.
+    and a JSON of the training figures and of what trained it (``"trained_on"``,
+    :func:`training_environment`); later calls load the cache, with or without
+    that key.
     ``cache_dir`` None: :func:`cache_dir`.
     """
     return _trained("a", seed, cache_dir)

@@ -41,7 +41,6 @@ second classifier assign to the target class.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
@@ -56,7 +55,8 @@ from torch import nn
 
 from . import demo
 from .demo import DIGITS_MEAN, DIGITS_SIZE, DIGITS_STD, SPLIT_SEED, load_digits_tensors
-from .networks import TappedNet, WeightsError
+from .networks import TappedNet, WeightsError, gradient_copy
+from .threads import TRAINING_THREADS, available_cpus, worker_pool
 
 __all__ = [
     "CODE_SIZE",
@@ -154,11 +154,9 @@ def _off_manifold_codes(h: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
 # -- training ----------------------------------------------------------------------------
 
 
-def _frozen_copy(network: TappedNet) -> TappedNet:
-    net = copy.deepcopy(network).eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
+@torch.no_grad()
+def _code_of(network: TappedNet, x: torch.Tensor) -> torch.Tensor:
+    return network(x, taps=("fc6",))["fc6"]
 
 
 @torch.no_grad()
@@ -204,8 +202,8 @@ def train_demo_generator(
     seed: int = 0, *, network: TappedNet | None = None, steps: int = 1200, batch_size: int = 64,
     lr: float = 1e-3, feature_weight: float = 0.1, noise: float = 0.3, perturbed_share: float = 0.0,
     adversarial_weight: float = 0.0, adversarial_start: int = 200, max_shift: int = 2,
-    threads: int = 2, split_seed: int = SPLIT_SEED, am_chains_per_class: int = 20,
-    second_network: TappedNet | None = None,
+    threads: int = TRAINING_THREADS, split_seed: int = SPLIT_SEED, am_chains_per_class: int = 20,
+    second_network: TappedNet | None = None, batch_parts: int = 2, workers: int | None = None,
 ) -> tuple[DemoGenerator, dict]:
     """Train G on the digits' training split; returns (G in eval mode, metrics).
 
@@ -216,7 +214,15 @@ def train_demo_generator(
     (noise level ``noise``); loss = image MSE + ``feature_weight`` * fc6 MSE
     (relative to mean h^2) + ``adversarial_weight`` * the non-saturating GAN loss
     on off-manifold codes (from step ``adversarial_start``; 0 turns it off).
-    Adam with cosine decay. The same seed, settings, torch build and CPU give
+    Adam with cosine decay.
+
+    Each batch is cut into ``batch_parts`` equal parts whose gradients are computed
+    apart (``workers`` at once, each part in its own thread with ``threads`` intra-op
+    threads; default: as many as the process has CPUs, at most ``batch_parts``) and
+    summed in order: the loss is the whole batch's, and the weights do not depend on
+    ``workers``. The frozen copy of the network is a
+    :func:`generator.networks.gradient_copy` (the same function, faster gradients).
+    The same seed, settings, torch build and CPU kind give
     identical weights. The metrics hold the held-out reconstruction figures
     (:func:`evaluate_reconstruction`) and, unless ``am_chains_per_class`` is 0,
     those of :func:`evaluate_am` with its defaults (``second_network``: default
@@ -229,12 +235,19 @@ def train_demo_generator(
     train_x, _ = load_digits_tensors("train", split_seed)
     test_x, test_y = load_digits_tensors("test", split_seed)
 
+    if batch_size % batch_parts:
+        raise ValueError(f"batch_size {batch_size} is not a multiple of batch_parts {batch_parts}")
+    workers = max(1, min(batch_parts, workers or available_cpus()))
+    parts = [slice(i * batch_size // batch_parts, (i + 1) * batch_size // batch_parts)
+             for i in range(batch_parts)]
+
     start = time.perf_counter()
-    with demo.deterministic(threads):
+    with demo.deterministic(threads), worker_pool(workers, threads) as pool:
         torch.manual_seed(seed)  # initial weights
         rng = torch.Generator().manual_seed(seed)  # batches, shifts, perturbations
-        enc = _frozen_copy(network)
+        enc = gradient_copy(network)
         gen = demo_generator().train()
+        params = list(gen.parameters())
         opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
         if adversarial_weight > 0:
             disc = demo_discriminator().train()
@@ -250,26 +263,47 @@ def train_demo_generator(
             idx = order[pos:pos + batch_size]
             pos += batch_size
             x = demo._random_shifts(train_x[idx], max_shift, rng)
-            with torch.no_grad():
-                h = enc(x, taps=("fc6",))["fc6"]
+            h = torch.cat(list(pool.map(lambda rows, x=x: _code_of(enc, x[rows]), parts)))
             h_in = h.clone()
             if n_pert:
                 h_in[:n_pert] = _perturbed_codes(h[:n_pert], rng, noise)
-            out = gen(h_in)
-            image_loss = F.mse_loss(out, x)
-            feat = enc(out, taps=("fc6",))["fc6"]
-            feature_loss = F.mse_loss(feat, h) / (h ** 2).mean().clamp_min(1e-6)
-            loss = image_loss + feature_weight * feature_loss
             adversarial = adversarial_weight > 0 and step >= adversarial_start
-            if adversarial:
-                fake = gen(_off_manifold_codes(h, rng))
-                g_adv = F.softplus(-disc(torch.cat([fake, out]))).mean()
-                loss = loss + adversarial_weight * g_adv
-            opt_g.zero_grad(set_to_none=True)
-            loss.backward()
+            off = _off_manifold_codes(h, rng) if adversarial else None
+            # mean losses over the whole batch, as sums over each part over the batch's size
+            code_scale = (h ** 2).mean().clamp_min(1e-6)
+
+            def part(rows: slice, x=x, h=h, h_in=h_in, off=off, adversarial=adversarial,
+                     code_scale=code_scale):
+                out = gen(h_in[rows])
+                image_loss = F.mse_loss(out, x[rows], reduction="sum") / x.numel()
+                feat = enc(out, taps=("fc6",))["fc6"]
+                feature_loss = (F.mse_loss(feat, h[rows], reduction="sum") / h.numel()
+                                / code_scale)
+                loss = image_loss + feature_weight * feature_loss
+                fake = g_adv = None
+                if adversarial:
+                    fake = gen(off[rows])
+                    g_adv = F.softplus(-disc(torch.cat([fake, out]))).sum() / (2 * len(x))
+                    loss = loss + adversarial_weight * g_adv
+                grads = torch.autograd.grad(loss, params)
+                return (grads, out.detach(), None if fake is None else fake.detach(),
+                        image_loss.detach(), feature_loss.detach(),
+                        None if g_adv is None else g_adv.detach())
+
+            results = list(pool.map(part, parts))
+            for i, p in enumerate(params):
+                grad = results[0][0][i]
+                for r in results[1:]:
+                    grad = grad + r[0][i]
+                p.grad = grad
+            out = torch.cat([r[1] for r in results])
+            image_loss = sum(r[3] for r in results)
+            feature_loss = sum(r[4] for r in results)
             opt_g.step()
             sched.step()
             if adversarial:
+                fake = torch.cat([r[2] for r in results])
+                g_adv = sum(r[5] for r in results)
                 d_real = disc(x)
                 d_fake = disc(torch.cat([fake, out]).detach())
                 d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
@@ -290,14 +324,18 @@ def train_demo_generator(
         if am_chains_per_class > 0:
             if second_network is None:
                 second_network, _ = demo.trained_demo_network_b()
-            am = evaluate_am(gen, enc, second_network, chains_per_class=am_chains_per_class,
-                             seed=seed, threads=threads, split_seed=split_seed)
+            # a frozen channels-last copy of G: the same function, faster gradients to h
+            am = evaluate_am(gradient_copy(gen), enc, second_network,
+                             chains_per_class=am_chains_per_class,
+                             seed=seed, threads=threads, split_seed=split_seed,
+                             workers=workers)
             am.pop("images")
     metrics = {
         "seed": seed, "split_seed": split_seed, "steps": steps, "batch_size": batch_size,
         "lr": lr, "feature_weight": feature_weight, "noise": noise,
         "perturbed_share": perturbed_share, "adversarial_weight": adversarial_weight,
         "adversarial_start": adversarial_start, "max_shift": max_shift, "threads": threads,
+        "batch_parts": batch_parts,
         "seconds": round(seconds, 3), "final_losses": losses,
         "held_out_reconstruction_accuracy": recon["accuracy"],
         "held_out_image_mse": recon["image_mse"], "held_out_code_rel_mse": recon["code_rel_mse"],
@@ -349,15 +387,18 @@ def _initial_codes(init: str, n: int, codes: torch.Tensor, rng: torch.Generator)
 def evaluate_am(
     generator: nn.Module, network: TappedNet, second_network: TappedNet, steps: int = 200,
     chains_per_class: int = 20, eps1: float = 1e-5, eps2: float = 1.0, lr: float = 1.0,
-    seed: int = 0, init: str = "marginal", threads: int = 2, split_seed: int = SPLIT_SEED,
+    seed: int = 0, init: str = "marginal", threads: int = TRAINING_THREADS,
+    split_seed: int = SPLIT_SEED, batch_parts: int = 2, workers: int | None = None,
 ) -> dict:
     """Activation maximisation of the 10 fc8 units through G; how recognisable the results are.
 
-    ``chains_per_class`` chains per unit, all in one batch, start from codes
-    drawn from ``seed``: ``init`` "marginal" (default: each unit's value taken
-    from a random training digit's fc6 code, a code of no real digit in the
-    range of real ones), "uniform" (U(0, the unit's largest real value)),
-    "box" (U(0, 30)) or "zero". Each takes ``steps`` noiseless PPGN-h steps:
+    ``chains_per_class`` chains per unit, in ``batch_parts`` batches of (nearly) equal
+    size (``workers`` at once, one thread each with ``threads`` intra-op threads; the
+    results do not depend on ``workers``), start from codes drawn from ``seed``:
+    ``init`` "marginal" (default: each unit's value taken from a random training
+    digit's fc6 code, a code of no real digit in the range of real ones), "uniform"
+    (U(0, the unit's largest real value)), "box" (U(0, 30)) or "zero". Each takes
+    ``steps`` noiseless PPGN-h steps:
     ``d_h = eps1 * (E(G(h)) - h) + eps2 * (1 - p_t) * d a_t / dh`` (E = fc6,
     a_t the target logit, p_t its softmax, all of ``network``), ``h += lr /
     mean|d_h| * d_h`` per chain, h clipped to [0, 30].
@@ -371,22 +412,17 @@ def evaluate_am(
     rows ``k * chains_per_class ...``). The caller's modes, torch random
     state and thread count are kept.
     """
+    from .threads import torch_threads
+
     if init not in _INITS:
         raise ValueError(f"init must be one of {_INITS}, not {init!r}")
     n_classes = len(demo.DIGIT_CLASS_NAMES)
     nets = (generator, network, second_network)
     modes = [m.training for m in nets]
-    old_threads = torch.get_num_threads()
     start = time.perf_counter()
-    try:
-        torch.set_num_threads(threads)
-        for m in nets:
-            m.eval()
-        rng = torch.Generator().manual_seed(int(seed))
-        n = n_classes * chains_per_class
-        target = torch.arange(n_classes).repeat_interleave(chains_per_class)
-        rows = torch.arange(n)
-        h = _initial_codes(init, n, _code_marginals(network, split_seed), rng)
+
+    def climb(h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(len(h))
         for _ in range(steps):
             h.requires_grad_(True)
             out = network(generator(h), taps=("fc6", "fc8"))
@@ -397,15 +433,28 @@ def evaluate_am(
                 d_h = eps1 * (out["fc6"] - h) + eps2 * (1 - p)[:, None] * grad
                 scale = lr / d_h.abs().mean(1, keepdim=True).clamp_min(1e-30)
                 h = (h + scale * d_h).clamp(0.0, CODE_MAX)
-        with torch.no_grad():
-            images = generator(h)
-            logits = network(images, taps=("fc8",))["fc8"]
-            first = logits.argmax(1) == target
-            second = second_network(images, taps=("fc8",))["fc8"].argmax(1) == target
-            p_final = torch.softmax(logits, 1)[rows, target]
-            diversity = _within_class_distance(images, chains_per_class)
+        return h.detach()
+
+    try:
+        for m in nets:
+            m.eval()
+        with torch_threads(threads):
+            rng = torch.Generator().manual_seed(int(seed))
+            n = n_classes * chains_per_class
+            target = torch.arange(n_classes).repeat_interleave(chains_per_class)
+            rows = torch.arange(n)
+            h = _initial_codes(init, n, _code_marginals(network, split_seed), rng)
+            groups = [g for g in torch.arange(n).tensor_split(max(1, batch_parts)) if len(g)]
+            with worker_pool(min(len(groups), workers or available_cpus()), threads) as pool:
+                h = torch.cat(list(pool.map(lambda g: climb(h[g], target[g]), groups)))
+            with torch.no_grad():
+                images = generator(h)
+                logits = network(images, taps=("fc8",))["fc8"]
+                first = logits.argmax(1) == target
+                second = second_network(images, taps=("fc8",))["fc8"].argmax(1) == target
+                p_final = torch.softmax(logits, 1)[rows, target]
+                diversity = _within_class_distance(images, chains_per_class)
     finally:
-        torch.set_num_threads(old_threads)
         for m, mode in zip(nets, modes, strict=True):
             m.train(mode)
     return {
@@ -430,10 +479,14 @@ def cached_generator_path(seed: int = 0, root: str | os.PathLike | None = None) 
 
 
 def _load_cached(path: Path, network_sha: str) -> tuple[DemoGenerator, str]:
-    return demo.load_cached(path, demo_generator, {"network_sha256": network_sha})
+    # trained against other weights, or with another thread count or split: train again
+    return demo.load_cached(path, demo_generator, {"network_sha256": network_sha,
+                                                   "threads": TRAINING_THREADS,
+                                                   "batch_parts": 2})
 
 
-def trained_demo_generator(seed: int = 0, cache_dir: str | os.PathLike | None = None,
+def trained_demo_generator(seed: int = 0, cache_dir: str | os.PathLike | None = None, *,
+                           network: tuple[TappedNet, str] | None = None,
                            ) -> tuple[DemoGenerator, str]:
     """The trained demo generator in eval mode and the sha256 of its cached weights file.
 
@@ -441,9 +494,11 @@ def trained_demo_generator(seed: int = 0, cache_dir: str | os.PathLike | None = 
     :func:`generator.demo.trained_demo_network` from the same ``cache_dir``)
     and caches the state dict and a JSON of the training figures; later calls
     load the cache. ``cache_dir`` None: :func:`generator.demo.cache_dir`.
+    ``network``: that network and the sha256 of its weights, when the caller has
+    loaded them already.
     """
     path = cached_generator_path(seed, cache_dir)
-    network, network_sha = demo.trained_demo_network(cache_dir=cache_dir)
+    network, network_sha = network or demo.trained_demo_network(cache_dir=cache_dir)
     if path.exists():
         try:
             model, checksum = _load_cached(path, network_sha)
@@ -458,6 +513,7 @@ def trained_demo_generator(seed: int = 0, cache_dir: str | os.PathLike | None = 
     second, _ = demo.trained_demo_network_b(cache_dir=cache_dir)
     model, metrics = train_demo_generator(seed, network=network, second_network=second)
     metrics["network_sha256"] = network_sha
+    metrics["trained_on"] = demo.training_environment(metrics.get("threads"))
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     blob = buffer.getvalue()

@@ -18,6 +18,14 @@ below it do). Everything per chain is per row: step
 normalisation, softmax, threshold, resets and random numbers, drawn from a
 generator seeded by (seed, layer, unit, chain); so a unit's images do not
 depend on which other units share its batch.
+
+Speed on the CPU (``benchmarks/ppgn.py`` measures it): :func:`load_models`
+gives the sampler copies of the networks made for gradients to the input
+(:func:`generator.networks.gradient_copy`: channels-last layouts, a faster local
+response normalisation and first convolution, the same functions), and
+:func:`generate` runs one batch per CPU in as many threads, each with one intra-op
+thread (:mod:`generator.threads`), so the images depend on the seed and the batch size
+(``batch_chains``) but not on the number of CPUs.
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ import math
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -53,6 +63,8 @@ __all__ = [
     "Models",
     "load_models",
     "target_for",
+    "parse_sample",
+    "sample_units",
     "generate",
     "write_manifest",
     "main",
@@ -101,6 +113,10 @@ def chain_seed(seed: int, layer: str, unit: int, chain: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+#: Most float32 numbers a batch draws ahead for its noise term (16 MiB).
+NOISE_BUFFER = 1 << 22
+
+
 @dataclass
 class Batch:
     """The state of a batch of chains: one row per chain."""
@@ -109,10 +125,33 @@ class Batch:
     units: torch.Tensor  # (B,) target unit of each chain
     eps1: torch.Tensor  # (B,) prior weight of each chain
     rngs: list[torch.Generator]  # one per chain (CPU)
+    steps_ahead: int = 1  # steps of noise each chain may draw at once (until its next reset)
+    _normals: torch.Tensor | None = field(default=None, repr=False)  # (B, k, D) drawn ahead
 
     @property
     def size(self) -> int:
         return len(self.units)
+
+    def plan_noise(self, steps: int) -> None:
+        """The next ``steps`` steps draw only noise from the chains' generators (no reset
+        in between): they may be drawn at once. Drops what was drawn ahead."""
+        self.steps_ahead, self._normals = max(1, int(steps)), None
+
+    def standard_normal(self) -> torch.Tensor:
+        """(B, D) N(0, 1) draws for one step, each row from its chain's generator.
+
+        Drawn per chain for up to :attr:`steps_ahead` steps at once (one call instead
+        of one per step): a generator's stream is the same as one draw per step when D
+        is a multiple of 16 (torch's vectorised normal sampler works in blocks of 16).
+        """
+        if self._normals is None or len(self._normals) == 0:
+            d = self.h.shape[1]
+            k = max(1, min(self.steps_ahead, NOISE_BUFFER // max(1, self.size * d)))
+            draws = torch.stack([torch.randn(k, d, generator=g) for g in self.rngs], 1)
+            self._normals = draws.to(self.h.device, self.h.dtype)  # (k, B, D)
+            self.steps_ahead = max(1, self.steps_ahead - k)
+        out, self._normals = self._normals[0], self._normals[1:]
+        return out
 
 
 @dataclass
@@ -150,9 +189,7 @@ def noise(eps3: float) -> Term:
     def term(batch: Batch, fwd: Forward) -> torch.Tensor:
         if eps3 == 0:
             return torch.zeros_like(batch.h)
-        d = batch.h.shape[1]
-        draws = torch.stack([torch.randn(d, generator=g) for g in batch.rngs])
-        return eps3 * draws.to(batch.h.device, batch.h.dtype)
+        return eps3 * batch.standard_normal()
 
     return term
 
@@ -236,8 +273,17 @@ class Sampler:
     def start(self, units: Sequence[int], chains: Sequence[int]) -> Batch:
         rngs = [torch.Generator().manual_seed(chain_seed(self.seed, self.layer_name, u, c))
                 for u, c in zip(units, chains, strict=True)]
-        return Batch(self._draw_h(rngs), torch.as_tensor(list(units), device=self.device),
-                     self._draw_eps1(rngs), rngs)
+        batch = Batch(self._draw_h(rngs), torch.as_tensor(list(units), device=self.device),
+                      self._draw_eps1(rngs), rngs)
+        batch.plan_noise(self._steps_to_reset(0))
+        return batch
+
+    def _steps_to_reset(self, step: int) -> int:
+        """Steps after ``step`` until the next reset of h and eps1 (or the end)."""
+        s = self.settings
+        end = s.steps if not s.reset_every else min(s.steps, (step // s.reset_every + 1)
+                                                    * s.reset_every)
+        return max(1, end - step)
 
     def forward(self, batch: Batch) -> Forward:
         h = batch.h.detach().requires_grad_(True)
@@ -291,13 +337,14 @@ class Sampler:
             if s.reset_every and step % s.reset_every == 0 and step < s.steps:
                 batch.h = self._draw_h(batch.rngs)
                 batch.eps1 = self._draw_eps1(batch.rngs)
+                batch.plan_noise(self._steps_to_reset(step))
         if not s.keep_every:
             image, act = self.forward_image(batch)
             for row in range(batch.size):
                 yield Sample(int(units[row]), int(chains[row]), s.steps, float(act[row]),
                              image[row].cpu())
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def forward_image(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """G(h) and the target activation for the current h, without gradients."""
         with self._autocast():
@@ -329,9 +376,26 @@ class Models:
     init_codes: torch.Tensor | None = None  # real codes to draw starting points from
 
 
+def _for_sampling(generator: nn.Module, classifier: nn.Module,
+                  device: str | torch.device) -> tuple[nn.Module, nn.Module]:
+    """The generator and classifier as the sampler wants them: frozen, on ``device``,
+    channels-last, the classifier a :func:`~generator.networks.gradient_copy`."""
+    from .networks import gradient_copy
+
+    generator = generator.to(device).eval()
+    for p in generator.parameters():
+        p.requires_grad_(False)
+    return (generator.to(memory_format=torch.channels_last),
+            gradient_copy(classifier.to(device)))
+
+
 def load_models(network: str, generator: str, *, weights: str | None = None,
                 device: str | torch.device = "cpu") -> Models:
-    """``demo``/``demo`` is the embedded default; otherwise a network and a DeePSiM file."""
+    """``demo``/``demo`` is the embedded default; otherwise a network and a DeePSiM file.
+
+    The classifier and generator are prepared for the sampler (:func:`_for_sampling`):
+    the same functions, faster gradients to the input.
+    """
     from .networks import load_network
 
     if network == "demo" or generator == "demo":
@@ -342,7 +406,7 @@ def load_models(network: str, generator: str, *, weights: str | None = None,
         from .demo_generator import trained_demo_generator
 
         classifier, _, net_sum = load_network("demo", device=device)
-        gen, gen_sum = trained_demo_generator()
+        gen, gen_sum = trained_demo_generator(network=(classifier, net_sum))
         second, second_sum = trained_demo_network_b()
 
         def to_pixels(x: torch.Tensor) -> np.ndarray:
@@ -353,16 +417,18 @@ def load_models(network: str, generator: str, *, weights: str | None = None,
         train, _ = load_digits_tensors("train")
         with torch.no_grad():
             codes = classifier(train.to(device), ["fc6"])["fc6"]
-        return Models(classifier, gen.to(device).eval(), lambda x: x, code_dim, to_pixels,
+        gen, classifier = _for_sampling(gen, classifier, device)
+        return Models(classifier, gen, lambda x: x, code_dim, to_pixels,
                       {"network": "demo", "network_sha256": net_sum, "generator": "demo",
                        "generator_sha256": gen_sum, "second_sha256": second_sum},
-                      second.to(device).eval(), codes)
+                      second.to(device).eval().to(memory_format=torch.channels_last), codes)
     from .deepsim import crop_to_classifier, load_generator, to_pixels
 
     classifier, spec, net_sum = load_network(network, weights, device=device)
     gen, gen_sum = load_generator(generator)
     crop_size = spec.preprocessing.crop
-    return Models(classifier, gen.to(device).eval(),
+    gen, classifier = _for_sampling(gen, classifier, device)
+    return Models(classifier, gen,
                   lambda x: crop_to_classifier(x, crop_size),
                   classifier.layer_shapes(["fc6"])["fc6"][0],
                   # as PPGN saves its images: clip to +-120 around the mean, stretch to 0-255
@@ -399,6 +465,37 @@ def parse_units(text: str, n_units: int) -> list[int]:
     if bad:
         raise ValueError(f"unit(s) {bad[:5]} outside 0..{n_units - 1}")
     return sorted(set(units))
+
+
+def parse_sample(text: str, n_units: int) -> int:
+    """``--sample``: "K" units, or "P%" of ``n_units`` (rounded half up, at least 1)."""
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1])
+            if not 0 < share <= 100:
+                raise ValueError
+            return max(1, math.floor(n_units * share / 100 + 0.5))
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--sample {text}: expected a number of units (64) or a share of "
+                         "them (50%)") from None
+
+
+def sample_units(units: Sequence[int], k: int, seed: int, layer: str) -> list[int]:
+    """``k`` of ``units`` drawn at random, reproducibly from ``seed``, sorted.
+
+    Each unit gets a rank from the SHA-256 of (seed, layer, unit) and the ``k`` of lowest
+    rank are drawn: the same seed draws the same units on any machine, a smaller ``k``
+    draws a subset of a larger one's, and whether a unit is drawn does not depend on the
+    order of ``units``. (The paper rated 2,048 of CaffeNet's 4,096 fc6 units.)
+    """
+    if not 0 < k <= len(units):
+        raise ValueError(f"--sample {k}: expected 1..{len(units)} (the units selected)")
+
+    def rank(unit: int) -> bytes:
+        return hashlib.sha256(f"{seed}/{layer}/{unit}/sample".encode()).digest()
+
+    return sorted(sorted(set(units), key=rank)[:k])
 
 
 class _UnitCollector:
@@ -445,11 +542,20 @@ def _unit_stem(layer: str, unit: int) -> str:
 def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Path, *,
              images_per_unit: int = 100, batch_chains: int = 64, seed: int = 0,
              settings: Settings | None = None, shard: tuple[int, int] = (0, 1),
-             amp: bool = False, progress: bool = True) -> Path | None:
-    """AM images and a panel for every unit; returns the manifest once all units are done."""
+             amp: bool = False, progress: bool = True, workers: int | None = None,
+             record: dict | None = None) -> Path | None:
+    """AM images and a panel for every unit; returns the manifest once all units are done.
+
+    Chains run in batches of ``batch_chains`` rows (the last one padded: a chain's
+    images depend on the batch size, not on its neighbours). On the CPU, ``workers``
+    batches run at once, each in its own thread with one intra-op thread (default: one
+    per available CPU, :func:`common.cpus.available_cpus`); the images are the same for
+    any number of workers. On a GPU one batch runs at a time (``workers`` 1).
+    ``record``: more entries for ``settings_<layer>.json`` (e.g. how units were drawn).
+    """
     from tqdm.auto import tqdm
 
-    from .panels import grid, save_jpeg
+    from .threads import available_cpus, torch_threads, worker_pool
 
     out = Path(out_dir)
     settings = settings or settings_for(layer)
@@ -465,7 +571,7 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
     record = {"layer": layer, "target": asdict(target), "settings": asdict(settings),
               "seed": seed, "amp": amp,
               "init": "real codes" if models.init_codes is not None else "|N(0,1)|", "images_per_unit": images_per_unit,
-              "chains_per_unit": chains_per_unit, **models.ids}
+              "chains_per_unit": chains_per_unit, **models.ids, **(record or {})}
     (out / "units").mkdir(parents=True, exist_ok=True)
     (out / "panels").mkdir(parents=True, exist_ok=True)
     settings_file = out / f"settings_{layer}.json"
@@ -487,28 +593,36 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
                       init_codes=models.init_codes, amp=amp)
     collectors = {u: _UnitCollector(images_per_unit) for u in todo}
     chains_left = {u: chains_per_unit for u in todo}
+    batches = [rows[b:b + batch_chains] for b in range(0, len(rows), batch_chains)]
+    on_cpu = next(models.generator.parameters()).device.type == "cpu"
+    workers = max(1, min(len(batches), (workers or available_cpus()) if on_cpu else 1))
+
+    def run_batch(batch: list[tuple[int, int]]) -> list[tuple]:
+        b_units, b_chains = zip(*batch, strict=True)
+        samples = list(sampler.run(b_units, b_chains, pad_to=batch_chains))
+        return _collect(models, samples)
+
     bar = tqdm(total=len(rows), unit="chain", desc=f"AM {layer}", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
     started = time.perf_counter()
-    try:
-        for b in range(0, len(rows), batch_chains):
-            batch = rows[b:b + batch_chains]
-            b_units, b_chains = zip(*batch, strict=True)
-            samples = list(sampler.run(b_units, b_chains, pad_to=batch_chains))
-            _collect(models, samples, collectors, settings)
-            bar.update(len(batch))
-            for u in b_units:
-                chains_left[u] -= 1
-            for u in dict.fromkeys(b_units):
-                if chains_left[u] == 0:
-                    _save_unit(out, layer, u, collectors.pop(u), side, box, target, settings,
-                               grid, save_jpeg)
-    finally:
-        bar.close()
+    with ExitStack() as stack:
+        stack.callback(bar.close)
+        if on_cpu:  # one intra-op thread per worker: the images do not depend on the CPUs
+            stack.enter_context(torch_threads(1))
+        pool = stack.enter_context(worker_pool(workers, 1 if on_cpu else torch.get_num_threads()))
+        pending: deque = deque()
+        stack.callback(lambda: [future.cancel() for _, future in pending])  # on errors
+        for i, batch in enumerate(batches + [None] * workers):
+            if batch is not None:  # in order: `workers` batches run while one is saved
+                pending.append((batch, pool.submit(run_batch, batch)))
+            if i >= workers and pending:
+                _finish(*pending.popleft(), collectors, chains_left, bar, out, layer, side,
+                        box, target, settings)
     if rows:
         seconds = time.perf_counter() - started
-        log.info("%s: %d chains x %d steps in %.1f s (%.0f chain-steps/s)", layer, len(rows),
-                 settings.steps, seconds, len(rows) * settings.steps / max(seconds, 1e-9))
+        log.info("%s: %d chains x %d steps in %.1f s (%.0f chain-steps/s; %d worker(s))",
+                 layer, len(rows), settings.steps, seconds,
+                 len(rows) * settings.steps / max(seconds, 1e-9), workers)
     missing = [u for u in units if not (out / "units" / f"{_unit_stem(layer, u)}.json").exists()]
     if missing:
         log.info("%d unit(s) left to other shards", len(missing))
@@ -516,10 +630,27 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
     return write_manifest(out, layer, units)
 
 
-@torch.no_grad()
-def _collect(models: Models, samples: list[Sample], collectors, settings: Settings) -> None:
+def _finish(batch, future, collectors, chains_left, bar, out, layer, side, box, target,
+            settings) -> None:
+    """A batch's samples into their units' collectors; save the units it completes."""
+    from .panels import grid, save_jpeg
+
+    for sample, px, t, t2 in future.result():
+        collectors[sample.unit].add(sample, px, t, t2, sample.above)
+    bar.update(len(batch))
+    for u, _ in batch:
+        chains_left[u] -= 1
+    for u in dict.fromkeys(u for u, _ in batch):
+        if chains_left[u] == 0:
+            _save_unit(out, layer, u, collectors.pop(u), side, box, target, settings,
+                       grid, save_jpeg)
+
+
+@torch.inference_mode()
+def _collect(models: Models, samples: list[Sample]) -> list[tuple]:
+    """(sample, pixels, top class, the second classifier's top class) for each sample."""
     if not samples:
-        return
+        return []
     images = torch.stack([s.image for s in samples])
     device = next(models.classifier.parameters()).device
     x = models.crop(images.to(device))
@@ -527,8 +658,7 @@ def _collect(models: Models, samples: list[Sample], collectors, settings: Settin
     second = (models.second(x, ["fc8"])["fc8"].argmax(1).cpu().tolist()
               if models.second is not None else [None] * len(samples))
     pixels = models.to_pixels(images)
-    for s, px, t, t2 in zip(samples, pixels, top, second, strict=True):
-        collectors[s.unit].add(s, px, t, t2, s.above)
+    return list(zip(samples, pixels, top, second, strict=True))
 
 
 def _save_unit(out: Path, layer: str, unit: int, collector: _UnitCollector, side: int, box,
@@ -610,11 +740,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="DeePSiM fc6 generator weights (.caffemodel or .pth), or demo")
     parser.add_argument("--layer", required=True, help="conv5, fc6 or fc8")
     parser.add_argument("--units", default="all", help="e.g. 0-255, 3,7,9 or all (default)")
+    parser.add_argument("--sample", metavar="K|P%",
+                        help="only K (or P%%, rounded) of the units that --units selects, "
+                             "drawn at random (reproducibly from --seed; fewer draw a subset)")
     parser.add_argument("--images-per-unit", type=int, default=100)
     parser.add_argument("--out", required=True, help="output folder (panels, units, manifest)")
     parser.add_argument("--batch-chains", type=int, default=64,
-                        help="chains run together (several units share a batch)")
-    parser.add_argument("--seed", type=int, default=0)
+                        help="chains run together (several units share a batch; the images "
+                             "depend on it; default 64)")
+    parser.add_argument("--workers", type=int,
+                        help="CPU only: batches run at once, one thread each (default: the "
+                             "CPUs this process may use; the images do not depend on it)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds every chain's random numbers and --sample's draw "
+                             "(default 0)")
     parser.add_argument("--steps", type=int, help="override the layer's default step count")
     parser.add_argument("--eps1", type=float)
     parser.add_argument("--eps2", type=float)
@@ -629,6 +768,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .threads import use_available_cpus
+
+    cpus = use_available_cpus()  # loading (and training on first use) sets its own count
     try:
         shard = parse_shard(args.shard) if args.shard else (
             (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
@@ -640,12 +782,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = target_for(models.classifier, args.layer)
         n_units = models.classifier.layer_shapes([target.tap])[target.tap][0]
         units = parse_units(args.units, n_units)
+        record = {}
+        if args.sample is not None:
+            n_selected = len(units)
+            k = parse_sample(args.sample, n_selected)
+            units = sample_units(units, k, args.seed, args.layer)
+            record["sample"] = {"k": k, "of": n_selected, "units": args.units,
+                                "asked": args.sample}
+            log.info("%s: %d of %d units drawn (seed %d)", args.layer, len(units),
+                     n_selected, args.seed)
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers {args.workers}: expected at least 1")
+        workers = args.workers or cpus
+        if torch.device(device).type == "cpu":
+            log.info("%d worker(s) on %d available CPU(s), one thread each", workers, cpus)
         overrides = {k: getattr(args, k) for k in ("steps", "eps1", "eps2", "eps3", "lr",
                                                     "threshold") if getattr(args, k) is not None}
         manifest = generate(models, args.layer, units, args.out,
                             images_per_unit=args.images_per_unit, batch_chains=args.batch_chains,
                             seed=args.seed, settings=settings_for(args.layer, **overrides),
-                            shard=shard, amp=args.amp, progress=not args.quiet)
+                            shard=shard, amp=args.amp, progress=not args.quiet,
+                            workers=workers, record=record)
     except (ValueError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -44,6 +44,7 @@ from analysis.activations import TableWriter, unit_chunk_width
 
 from .images import ImageSet, ImageSetError, collate, load_image_set
 from .networks import TappedNet, WeightsError, load_network
+from .threads import available_cpus, torch_threads, use_available_cpus
 
 __all__ = ["record", "join_segments", "reduce_activation", "RecordError", "JoinInProgress", "main",
            "DEFAULT_LAYERS"]
@@ -240,10 +241,12 @@ def _record_segments(model: TappedNet, image_set: ImageSet, preprocess, todo, pa
 
     dataset = image_set.dataset(preprocess)
     in_memory = image_set.tensors is not None
+    cores = available_cpus()  # not os.cpu_count(): the CPUs this process may use
     if workers is None:  # decoding takes ~10% of CaffeNet's CPU time: leave cores to the net
-        cores = os.cpu_count() or 1
         workers = 0 if in_memory else min(8, cores) if device.type == "cuda" else \
             max(1, min(4, cores // 4))
+    # on the CPU the network gets the cores the decoding processes leave (at least one)
+    threads = max(1, cores - workers) if device.type == "cpu" else torch.get_num_threads()
     loader = DataLoader(
         dataset,
         batch_sampler=list(_segment_batches(todo, plan.segment_images, plan.n_inputs,
@@ -262,7 +265,9 @@ def _record_segments(model: TappedNet, image_set: ImageSet, preprocess, todo, pa
                dynamic_ncols=True)
     started = time.perf_counter()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(threads):
+            log.info("recording with %d intra-op thread(s) and %d decoding process(es) on %d "
+                     "available CPU(s)", torch.get_num_threads(), workers, cores)
             for batch, indices, bad in loader:
                 if current is None or current.seen == current.stop - current.start:
                     k = next(segments)
@@ -477,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    use_available_cpus()  # training the demo network on first use sets its own count
     try:
         if args.join_only:
             path = join_segments(args.out, mode=args.join)

@@ -17,6 +17,15 @@ pytest_plugins = ("system_deps",)
 SAMPLES = SHARED_PHOTOS
 
 
+@pytest.fixture(scope="session", autouse=True)
+def torch_threads_from_available_cpus():
+    """torch run in the tests' own process uses the CPUs this process may use (affinity,
+    cgroup quota, SELECTIVITY_CPUS), as the command-line tools do (generator/threads.py)."""
+    from generator.threads import use_available_cpus
+
+    use_available_cpus()
+
+
 @pytest.fixture(scope="session")
 def sample_photos() -> list[Path]:
     """The real ImageNet photos of ../shared/data (one per class), sorted by WordNet id."""

@@ -4,6 +4,7 @@ accuracy, deterministic training, the weights cache and the file preprocessing."
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,6 +185,43 @@ def test_cache_round_trip_in_a_fresh_folder(tmp_path, monkeypatch, caplog):
     assert checksum2 == checksum and "loaded cached weights" in caplog.text
     for key, value in first.state_dict().items():
         assert torch.equal(second.state_dict()[key], value)
+
+
+def test_the_cache_records_what_trained_the_network(tmp_path, monkeypatch):
+    """Training is deterministic per machine, not across CPU kinds: the JSON says which."""
+    monkeypatch.setattr(demo, "train_demo_network", cheap_training())
+    trained_demo_network(seed=6, cache_dir=tmp_path)
+    metrics = json.loads((tmp_path / "demo" / "demo_net_seed6.json").read_text())
+    env = metrics["trained_on"]
+    assert env == {**demo.training_environment(metrics["threads"]), "threads": env["threads"]}
+    assert env["torch_version"] == torch.__version__
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["machine"] and env["python_version"] and env["numpy_version"] == np.__version__
+    assert env["threads"] == metrics["threads"] >= 1
+    if Path("/proc/cpuinfo").is_file():  # Linux: the model and its SIMD features
+        assert env["cpu_model"] and isinstance(env["cpu_flags"], list)
+
+
+def test_cpuinfo_parsing(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n"
+                    "flags\t\t: fpu sse4_2 avx avx2 fma bmi2\n\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu\n")
+    assert demo._cpuinfo(info) == ("AMD EPYC 7B13", ["sse4_2", "avx", "avx2", "fma"])
+    assert demo._cpuinfo(tmp_path / "missing") == (None, None)
+
+
+def test_an_old_cache_without_the_training_environment_still_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "train_demo_network", cheap_training())
+    first, checksum = trained_demo_network_b(seed=4, cache_dir=tmp_path)
+    meta = tmp_path / "demo" / "demo_net_b_seed4.json"
+    old = {k: v for k, v in json.loads(meta.read_text()).items() if k != "trained_on"}
+    meta.write_text(json.dumps(old))  # as written before the key existed
+    monkeypatch.setattr(demo, "train_demo_network", None)  # a second training would fail
+    again, checksum2 = trained_demo_network_b(seed=4, cache_dir=tmp_path)
+    assert checksum2 == checksum
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in first.state_dict().items())
+    assert "trained_on" not in json.loads(meta.read_text())  # loading does not rewrite it
 
 
 def test_environment_variable_moves_the_cache(tmp_path, monkeypatch):

@@ -145,6 +145,24 @@ def test_training_is_deterministic_and_restores_the_caller():
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_the_weights_do_not_depend_on_how_many_parts_run_at_once():
+    """Each batch's parts are computed apart and summed in order: one worker or two,
+    the same weights (and the same AM measurement)."""
+    torch.manual_seed(0)
+    net = demo_network().eval()
+    settings = dict(network=net, steps=3, batch_size=16, perturbed_share=0.5,
+                    adversarial_weight=0.02, adversarial_start=1, am_chains_per_class=0)
+    one, metrics = train_demo_generator(7, workers=1, **settings)
+    two, _ = train_demo_generator(7, workers=2, **settings)
+    a, b = one.state_dict(), two.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics["batch_parts"] == 2 and metrics["threads"] == 1
+    second = demo_network_b_untrained()
+    am = [evaluate_am(one, net, second, steps=2, chains_per_class=3, workers=w)["images"]
+          for w in (1, 2)]
+    assert torch.equal(am[0], am[1])
+
+
 def test_cache_path():
     assert cached_generator_path(0).name == "demo_generator_seed0.pt"
     assert cached_generator_path(3, "/x") == cached_generator_path(3, "/x/")

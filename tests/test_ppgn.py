@@ -1,7 +1,9 @@
 """The PPGN sampler: one step against a hand computation, batch independence, resume,
 the conv schedule, receptive fields and panels."""
 
+import copy
 import json
+import os
 
 import numpy as np
 import pytest
@@ -230,13 +232,229 @@ def test_batch_independence_holds_for_the_demo_pair_conv_lrn_and_transposed_conv
 
     torch.manual_seed(3)  # weights do not matter here, the arithmetic does
     net, gen = demo_network().eval(), demo_generator().eval()
-    for target, settings in ((Target("fc8"), Settings(steps=8, eps3=1e-3)),
-                             (Target("conv5:pre", (3, 3)),
-                              settings_for("conv5", steps=8, reset_every=4, keep_every=4))):
-        sampler = Sampler(gen, net, target, settings=settings, code_dim=128, seed=1)
+    prepared = ppgn._for_sampling(demo_generator().eval(), net, "cpu")  # as load_models does
+    for (g, c), target, settings in (
+            ((gen, net), Target("fc8"), Settings(steps=8, eps3=1e-3)),
+            (prepared, Target("fc8"), Settings(steps=8, eps3=1e-3)),
+            *((pair, Target("conv5:pre", (3, 3)),
+               settings_for("conv5", steps=8, reset_every=4, keep_every=4))
+              for pair in ((gen, net), prepared))):
+        sampler = Sampler(g, c, target, settings=settings, code_dim=128, seed=1)
         alone = {(s.unit, s.chain, s.step): s.image
                  for s in sampler.run([4, 4], [0, 1], pad_to=6)}
         mixed = {(s.unit, s.chain, s.step): s.image
                  for s in sampler.run([7, 4, 2, 4, 7], [0, 0, 0, 1, 1], pad_to=6)}
         for key, image in alone.items():
             assert torch.equal(image, mixed[key]), (target, key)
+
+
+def test_a_step_with_the_prepared_demo_pair_is_the_same_step():
+    """load_models' channels-last copies with the faster LRN and first convolution compute
+    the same update, up to float32 rounding."""
+    from generator.demo import demo_network
+    from generator.demo_generator import demo_generator
+
+    torch.manual_seed(5)
+    net, gen = demo_network().eval(), demo_generator().eval()
+    fast_gen, fast_net = ppgn._for_sampling(copy.deepcopy(gen), net, "cpu")
+    for target in (Target("fc8"), Target("fc6:pre"), Target("conv5:pre", (3, 3))):
+        steps = []
+        for g, c in ((gen, net), (fast_gen, fast_net)):
+            sampler = Sampler(g, c, target, settings=Settings(eps3=0), code_dim=128, seed=2)
+            batch = sampler.start([3, 7, 1], [0, 0, 1])
+            fwd = sampler.forward(batch)
+            steps.append((fwd, ppgn_update(batch, fwd, sampler.terms, 1.0, 30.0)))
+        (want, h_want), (got, h_got) = steps
+        torch.testing.assert_close(got.code, want.code, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.activation, want.activation, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4,
+                                   atol=1e-5 * want.grad.abs().max().item())
+        torch.testing.assert_close(h_got, h_want, rtol=1e-4, atol=1e-4)
+
+
+# -- sampling units, workers, threads ------------------------------------------------------
+
+
+def test_sample_units_is_reproducible_nested_and_order_free():
+    units = list(range(40))
+    drawn = ppgn.sample_units(units, 10, seed=3, layer="fc6")
+    assert drawn == sorted(drawn) and len(set(drawn)) == 10 and set(drawn) <= set(units)
+    assert ppgn.sample_units(units[::-1], 10, seed=3, layer="fc6") == drawn
+    assert set(ppgn.sample_units(units, 5, seed=3, layer="fc6")) <= set(drawn)  # nested
+    assert ppgn.sample_units(units, 10, seed=4, layer="fc6") != drawn  # the seed draws
+    assert ppgn.sample_units(units, 40, seed=3, layer="fc6") == units
+    with pytest.raises(ValueError, match="1..40"):
+        ppgn.sample_units(units, 41, seed=3, layer="fc6")
+
+
+@pytest.fixture
+def cli_tiny_models(monkeypatch):
+    """main() on the tiny models (fc6:pre has 4 units); torch's thread count restored."""
+    *_, models = tiny_models()
+    monkeypatch.setattr(ppgn, "load_models", lambda *args, **kwargs: models)
+    threads = torch.get_num_threads()
+    yield models
+    torch.set_num_threads(threads)
+
+
+def manifest_units(path):
+    return [int(line.split(",")[2]) for line in path.read_text().splitlines()[1:]]
+
+
+def test_cli_samples_units_with_the_seed(tmp_path, cli_tiny_models, capsys):
+    common = ["--network", "demo", "--generator", "demo", "--layer", "fc6",
+              "--images-per-unit", "1", "--steps", "2", "--quiet"]
+    assert ppgn.main([*common, "--units", "0-3", "--sample", "2", "--seed", "5",
+                      "--out", str(tmp_path / "a")]) == 0
+    drawn = manifest_units(tmp_path / "a" / "manifest_fc6.csv")
+    assert drawn == ppgn.sample_units(range(4), 2, seed=5, layer="fc6")
+    settings = json.loads((tmp_path / "a" / "settings_fc6.json").read_text())
+    assert settings["sample"] == {"k": 2, "of": 4, "units": "0-3", "asked": "2"}
+    assert sorted(p.name for p in (tmp_path / "a" / "panels").iterdir()) == \
+        [f"fc6_{u:04d}.jpg" for u in drawn]
+    # the same command again: the same units; another K in that folder is refused
+    assert ppgn.main([*common, "--units", "0-3", "--sample", "2", "--seed", "5",
+                      "--out", str(tmp_path / "a")]) == 0
+    assert manifest_units(tmp_path / "a" / "manifest_fc6.csv") == drawn
+    assert ppgn.main([*common, "--units", "0-3", "--sample", "3", "--seed", "5",
+                      "--out", str(tmp_path / "a")]) == 2
+    assert "other settings (sample)" in capsys.readouterr().err
+    # a share of the selected units: 50% of 4 are the 2 drawn above
+    assert ppgn.main([*common, "--units", "0-3", "--sample", "50%", "--seed", "5",
+                      "--out", str(tmp_path / "share")]) == 0
+    assert manifest_units(tmp_path / "share" / "manifest_fc6.csv") == drawn
+    # K larger than the selection, or no number, is an error
+    assert ppgn.main([*common, "--units", "1,2", "--sample", "3",
+                      "--out", str(tmp_path / "b")]) == 2
+    assert "--sample 3: expected 1..2" in capsys.readouterr().err
+    assert ppgn.main([*common, "--sample", "half", "--out", str(tmp_path / "c")]) == 2
+    assert "--sample half: expected a number of units" in capsys.readouterr().err
+
+
+def test_parse_sample():
+    assert ppgn.parse_sample("64", 128) == 64
+    assert ppgn.parse_sample("50%", 128) == 64 and ppgn.parse_sample("50%", 5) == 3
+    assert ppgn.parse_sample("1%", 10) == 1 and ppgn.parse_sample("100%", 7) == 7
+    for bad in ("0%", "150%", "x%", "1.5"):
+        with pytest.raises(ValueError, match="--sample"):
+            ppgn.parse_sample(bad, 10)
+
+
+def test_cli_workers_follow_the_available_cpus(tmp_path, cli_tiny_models, monkeypatch, caplog):
+    seen = []
+    run = Sampler.run
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        yield from run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Sampler, "run", spy)
+    monkeypatch.setenv("SELECTIVITY_CPUS", "1")
+    args = ["--network", "demo", "--generator", "demo", "--layer", "fc8", "--units", "all",
+            "--images-per-unit", "4", "--batch-chains", "2", "--steps", "2", "--quiet"]
+    with caplog.at_level("INFO", logger="generator.ppgn"):
+        assert ppgn.main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert "1 worker(s) on 1 available CPU(s)" in caplog.text
+    assert seen and set(seen) == {1}  # one intra-op thread while sampling
+    assert "1 worker(s))" in caplog.text  # the log line of the run itself
+    monkeypatch.setenv("SELECTIVITY_CPUS", "3")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="generator.ppgn"):
+        assert ppgn.main([*args, "--out", str(tmp_path / "more")]) == 0
+    expected = min(3, len(os.sched_getaffinity(0)))
+    assert f"{expected} worker(s) on {expected} available CPU(s)" in caplog.text
+    assert set(seen) == {1}
+
+
+def test_the_images_do_not_depend_on_the_number_of_workers(tmp_path):
+    from generator.demo import demo_network
+    from generator.demo_generator import demo_generator
+
+    torch.manual_seed(3)  # weights do not matter here, the arithmetic does
+    gen, net = ppgn._for_sampling(demo_generator(), demo_network(), "cpu")
+    models = Models(net, gen, lambda x: x, 128, lambda x: (x.clamp(-1, 1) * 127 + 128).byte()
+                    .permute(0, 2, 3, 1).numpy())
+    files = {}
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        generate(models, "fc8", [1, 4, 7], out, images_per_unit=4, batch_chains=5,
+                 settings=Settings(steps=3, eps3=1e-3), progress=False, workers=workers)
+        files[workers] = {u: np.load(out / "units" / f"fc8_{u:04d}.npz")["images"]
+                          for u in (1, 4, 7)}
+    for u in (1, 4, 7):
+        np.testing.assert_array_equal(files[1][u], files[3][u])
+
+
+def test_noise_drawn_ahead_is_the_stream_of_one_draw_per_step():
+    rngs = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    batch = ppgn.Batch(torch.zeros(2, 32), torch.zeros(2), torch.zeros(2), rngs)
+    batch.plan_noise(5)
+    ahead = torch.stack([batch.standard_normal() for _ in range(7)])  # 5, then 2 more
+    again = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    one_by_one = torch.stack([torch.stack([torch.randn(32, generator=g) for g in again])
+                              for _ in range(7)])
+    assert torch.equal(ahead, one_by_one)
+
+
+# -- the networks as the sampler gets them -----------------------------------------------
+
+
+def test_gradient_copy_computes_the_same_function_faster():
+    from generator.demo import demo_network
+    from generator.networks import (
+        FastLocalResponseNorm,
+        OneChannelConv2d,
+        fast_copy,
+        gradient_copy,
+    )
+
+    torch.manual_seed(0)
+    net = demo_network().eval()
+    x = torch.randn(6, 1, 32, 32)
+    taps = ["conv5:pre", "fc6", "fc8"]
+    fast = gradient_copy(net, channels_last=False)
+    assert isinstance(fast.norm1, FastLocalResponseNorm) and isinstance(fast.conv1,
+                                                                         OneChannelConv2d)
+    assert not any(p.requires_grad for p in fast.parameters())
+    assert all(p.requires_grad for p in net.parameters())  # the original is untouched
+    trainable = fast_copy(demo_network().train())  # for training: mode and grads kept
+    assert trainable.training and all(p.requires_grad for p in trainable.parameters())
+    assert isinstance(trainable.conv1, OneChannelConv2d) and trainable.conv1.training
+    with torch.no_grad():
+        want, got = net(x, taps), fast(x, taps)
+    for tap in taps:  # the replaced modules' forward passes give the same bits
+        assert torch.equal(want[tap], got[tap]), tap
+    fast_cl = gradient_copy(net)  # channels-last layouts: other kernels, the same values
+    for model in (fast, fast_cl):
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        (ga,) = torch.autograd.grad(net(xa, ["fc8"])["fc8"][:, 3].sum(), xa)
+        (gb,) = torch.autograd.grad(model(xb, ["fc8"])["fc8"][:, 3].sum(), xb)
+        torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-6 * ga.abs().max().item())
+
+
+@pytest.mark.parametrize("size", [5, 4, 1])
+def test_fast_lrn_has_the_gradient_of_the_definition(size):
+    from generator.networks import FastLocalResponseNorm
+
+    lrn = FastLocalResponseNorm(size, alpha=0.3, beta=0.75, k=1.5)  # large alpha: a real test
+    x = torch.randn(2, 7, 3, 4, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(lrn(x), nn.LocalResponseNorm(size, 0.3, 0.75, 1.5)(x))
+    assert torch.autograd.gradcheck(lrn, (x,))
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2])
+def test_one_channel_conv_has_the_gradients_of_a_convolution(padding):
+    from generator.networks import OneChannelConv2d
+
+    conv = OneChannelConv2d(1, 4, 3, padding=padding).double()
+    x = torch.randn(2, 1, 6, 7, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(conv(x), nn.functional.conv2d(x, conv.weight, conv.bias,
+                                                             padding=padding))
+    assert torch.autograd.gradcheck(conv, (x,))  # the input gradient, and the parameters':
+
+    def with_parameters(x, weight, bias):
+        return torch.func.functional_call(conv, {"weight": weight, "bias": bias}, (x,))
+
+    weight = conv.weight.detach().clone().requires_grad_(True)
+    bias = conv.bias.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(with_parameters, (x, weight, bias))

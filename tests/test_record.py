@@ -210,3 +210,37 @@ def test_only_one_process_joins(tmp_path, photos_csv):
     assert not again.exists()
     with pytest.raises(rec.JoinInProgress, match="another process is joining"):
         rec.join_segments(again)
+
+
+def test_the_cli_uses_the_cpus_this_process_may_use(tmp_path):
+    """Threads follow common.cpus.available_cpus(): $SELECTIVITY_CPUS, or the affinity
+    mask (what taskset sets), not the machine's core count."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    lines = ["path,label"]
+    for i in range(2):
+        path = tmp_path / f"image{i}.png"
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(path)
+        lines.append(f"{path},n01440764")
+    (tmp_path / "images.csv").write_text("\n".join(lines) + "\n")
+
+    def run(name, env, preexec_fn=None):
+        cmd = [sys.executable, "-m", "generator.record", "--network", "caffenet", "--images",
+               str(tmp_path / "images.csv"), "--out", str(tmp_path / f"{name}.h5"), "--keep",
+               "all", "--layers", "fc8", "--workers", "0", "--quiet"]
+        done = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env,
+                              preexec_fn=preexec_fn, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    env = {k: v for k, v in os.environ.items() if k != "SELECTIVITY_CPUS"}
+    one = "recording with 1 intra-op thread(s) and 0 decoding process(es) on 1 available CPU(s)"
+    assert one in run("env", {**env, "SELECTIVITY_CPUS": "1"})
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) > 1:
+        assert one in run("taskset", env, lambda: os.sched_setaffinity(0, cpus[:1]))
