@@ -11,7 +11,9 @@ never imports torch, and each stage can be rerun by hand):
 2. ``selectivity``, ``tables``, ``figures``: every unit's selectivity; the paper's
    tables and figures;
 3. ``panels-fc8``, ``panels-fc6``, ``panels-conv5``: a 10x10 AM panel for every unit
-   of conv5, fc6 and fc8 (PPGN with the demo generator, trained and cached on first use);
+   of conv5 and fc8 and for half of fc6's, drawn with the seed, as the paper rated 2,048
+   of AlexNet's 4,096 fc6 units (``--fc6-share``; PPGN with the demo generator, trained
+   and cached on first use);
 4. ``practice``: six practice panels of real photos (``../shared/data/imagenet-samples``
    or ``--photos``; real digits where there are none);
 5. ``design``: the lists and participant targets (``study.json``);
@@ -75,6 +77,7 @@ class Stage:
     inputs: list[Path] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     clean: list[Path] = field(default_factory=list)  # removed before a changed recipe runs
+    note: str = ""  # said only when the stage runs (e.g. "trains the network on first use")
 
     def key(self) -> str:
         """The recipe: commands, environment and the inputs' sizes and times."""
@@ -135,7 +138,8 @@ def run_stages(stages: Sequence[Stage], state_dir: Path, *, out=None,
             for p in stage.clean:
                 _remove(p)
         _write_json(stamp, {"key": key, "done": False})
-        print(f"[{i}/{n}] {stage.title} ...", file=out, flush=True)
+        note = f" ({stage.note})" if stage.note else ""
+        print(f"[{i}/{n}] {stage.title}{note} ...", file=out, flush=True)
         started = time.perf_counter()
         env = {**os.environ, **stage.env}
         log_path = state_dir / f"{stage.name}.log"
@@ -174,6 +178,7 @@ class DemoConfig:
     units: str = "all"  # units per layer: "all" or the first K ("4")
     images_per_unit: int = 100  # a square: 100 = 10x10 panels
     fc_steps: int = 50  # sampler steps for fc6 and fc8 chains (the paper: 200 on CaffeNet)
+    fc6_share: int = 50  # % of fc6's units rated, drawn with the seed (the paper: 2,048 of 4,096)
     conv_steps: int = 1000  # conv5 chains (the paper's schedule: resets every 100)
     lists: int = 10
     participants: int = 50
@@ -198,10 +203,10 @@ def demo_stages(cfg: DemoConfig) -> list[Stage]:
     practice = out / "practice"
     study = out / "study" / "study.json"
     stages = [
-        Stage("record", "record the demo network's activations over the digits "
-              "(trains the network on first use)",
+        Stage("record", "record the demo network's activations over the digits",
               [_py("-m", "generator.record", "--network", "demo", "--images", "digits",
-                   "--out", str(table))], [table], clean=[table, Path(f"{table}.parts")]),
+                   "--out", str(table))], [table], clean=[table, Path(f"{table}.parts")],
+              note="trains the network on first use"),
         Stage("selectivity", "every unit's selectivity",
               [_py("-m", "analysis.selectivity", str(table), "--out", str(results))],
               [results], [table]),
@@ -225,17 +230,26 @@ def demo_stages(cfg: DemoConfig) -> list[Stage]:
     for layer in ("fc8", "fc6", "conv5"):
         steps = cfg.fc_steps if layer.startswith("fc") else cfg.conv_steps
         what = "every unit" if units == "all" else f"units {units}"
+        sample: list[str] = []
+        # conv5 keeps a chain's best images, so few chains a unit: batches of 16 give each
+        # CPU one (a batch of 64 would leave a core idle)
+        batch = ["--batch-chains", "16"] if layer.startswith("conv") else []
+        if layer == "fc6" and cfg.fc6_share < 100:
+            what = f"{cfg.fc6_share}% of the units, drawn," + ("" if units == "all" else
+                                                               f" of units {units}")
+            sample = ["--sample", f"{cfg.fc6_share}%"]
         stages.append(Stage(
             f"panels-{layer}",
             f"AM panels for {what} of {layer} ({cfg.images_per_unit} images each, "
-            f"{steps} steps; trains the generator on first use)",
+            f"{steps} steps)",
             [_py("-m", "generator.ppgn", "--network", "demo", "--generator", "demo",
-                 "--layer", layer, "--units", units, "--images-per-unit",
+                 "--layer", layer, "--units", units, *sample, *batch, "--images-per-unit",
                  str(cfg.images_per_unit), "--steps", str(steps), "--seed", str(cfg.seed),
                  "--out", str(am))],
             [am / f"manifest_{layer}.csv"],
             clean=[am / f"manifest_{layer}.csv", am / f"settings_{layer}.json",
-                   *am.glob(f"units/{layer}_*"), *am.glob(f"panels/{layer}_*")]))
+                   *am.glob(f"units/{layer}_*"), *am.glob(f"panels/{layer}_*")],
+            note="trains the generator on first use" if layer == "fc8" else ""))
     photos = cfg.photos if cfg.photos is not None else (
         DEFAULT_PHOTOS if DEFAULT_PHOTOS.is_dir() else None)
     source = ["--photos", str(photos)] if photos is not None else ["--digits"]
@@ -283,7 +297,11 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server can listen on 127.0.0.1:``port`` now. Binds as gunicorn does, with
+    SO_REUSEADDR: the TIME-WAIT connections a stopped server leaves (a browser's kept-alive
+    one, say) do not keep a new server from listening."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -328,14 +346,19 @@ def gunicorn(instance: Path, port: int, *, workers: int = 2,
                     proc.wait()
 
 
+def participant_link(base: str) -> str:
+    """A link as Prolific makes it: 24-hex-digit ids, a fresh participant each call."""
+    pid, study, session = (secrets.token_hex(12) for _ in range(3))
+    return f"{base}/?PROLIFIC_PID={pid}&STUDY_ID={study}&SESSION_ID={session}"
+
+
 def banner(port: int, password: str) -> str:
     base = f"http://127.0.0.1:{port}"
     return "\n".join([
         "",
         "The demo study is served:",
-        f"  participant (as from Prolific): {base}/?PROLIFIC_PID=demo{secrets.token_hex(4)}"
-        "&STUDY_ID=demo&SESSION_ID=demo",
-        f"  preview (stores nothing):       {base}/",
+        f"  participant (as from Prolific): {participant_link(base)}",
+        f"  preview (stores nothing):       {base}/preview",
         f"  dashboard:                      {base}/admin/",
         f"  admin user {ADMIN_USER!r}, password: {password}",
         "Ctrl-C stops the server.",
@@ -370,20 +393,32 @@ def simulate(cfg: DemoConfig, participants: int, *, concurrency: int = 10,
                          f"sqlite:///{(instance / 'study.db').resolve()}",
                          "--json", str(sim / "simulation.json")))], env, out)
     table2 = sim / "table2"
+    # what these print goes to their logs: Table 2 is printed once, by the caller
     _run_steps([
         ("export the data", _py("-m", "server", "export", "--out", str(sim / "export"))),
         ("Table 2", _py(str(ROOT / "analysis" / "table2.py"), "--responses",
                         str(sim / "export" / "responses.csv"), "--selectivity",
                         str(cfg.out / "selectivity.csv"), "--classes", "digits",
                         "--out", str(table2))),
-    ], env, out)
+    ], env, out, log_dir=sim)
     return table2 / "table2.md"
 
 
-def _run_steps(steps: Iterable[tuple[str, list[str]]], env: Mapping[str, str], out) -> None:
+def _run_steps(steps: Iterable[tuple[str, list[str]]], env: Mapping[str, str], out, *,
+               log_dir: Path | None = None) -> None:
+    """Run each ``(title, command)``; with ``log_dir`` a command's stdout goes to
+    ``log_dir/<title>.log`` (its end is shown when it fails), else to the terminal."""
     for title, cmd in steps:
         print(f"-- {title}", file=out, flush=True)
-        status = _run(cmd, env, None)
+        if log_dir is None:
+            status = _run(cmd, env, None)
+        else:
+            log_path = log_dir / f"{title.replace(' ', '_')}.log"
+            with open(log_path, "w") as log_file:
+                status = _run(cmd, env, log_file)
+            if status != 0:
+                tail = log_path.read_text().splitlines()[-20:]
+                print("\n".join(f"  | {line}" for line in tail), file=out, flush=True)
         if status != 0:
             raise RuntimeError(f"{title} failed (exit status {status}): {' '.join(cmd)}")
 
@@ -423,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="units per layer: all (default) or the first K")
     size.add_argument("--images-per-unit", type=int, default=100,
                       help="AM images per panel, a square (default 100 = 10x10)")
+    size.add_argument("--fc6-share", type=int, default=50, metavar="PERCENT",
+                      help="share of fc6's units given panels, drawn with --seed (default "
+                           "%(default)s: the paper rated 2,048 of AlexNet's 4,096; 100: all)")
     size.add_argument("--fc-steps", type=int, default=50,
                       help="sampler steps for fc6 and fc8 chains (default %(default)s)")
     size.add_argument("--conv-steps", type=int, default=1000,
@@ -430,12 +468,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     size.add_argument("--lists", type=int, default=10, help="lists (default %(default)s)")
     size.add_argument("--participants", type=int, default=50,
                       help="participant places over all lists (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of everything drawn: the AM chains, the practice photos, "
+                             "the lists, the simulated participants (default %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     if args.units != "all" and not (args.units.isdigit() and int(args.units) > 0):
         parser.error(f"--units: all or a positive number, got {args.units!r}")
+    if not 1 <= args.fc6_share <= 100:
+        parser.error(f"--fc6-share: a percentage from 1 to 100, got {args.fc6_share}")
     if args.photos is not None and not args.photos.is_dir():
         parser.error(f"--photos {args.photos}: no such folder")
     if args.simulate is not None and args.simulate < 1:
@@ -445,7 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if serve and not port_is_free(port):
         parser.error(f"port {port} on 127.0.0.1 is in use: pass --port with a free one")
     cfg = DemoConfig(out=args.out.resolve(), units=args.units, images_per_unit=args.images_per_unit,
-                     fc_steps=args.fc_steps, conv_steps=args.conv_steps, lists=args.lists,
+                     fc_steps=args.fc_steps, fc6_share=args.fc6_share,
+                     conv_steps=args.conv_steps, lists=args.lists,
                      participants=args.participants,
                      photos=args.photos.resolve() if args.photos else None, seed=args.seed)
     started = time.perf_counter()

@@ -4,13 +4,16 @@ and the whole pipeline at reduced size, simulated participants and Table 2 inclu
 from __future__ import annotations
 
 import csv
+import http.client
 import io
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from common.files import FILE_MODE
 from experiment.demo import (
     DemoConfig,
     Stage,
@@ -25,6 +29,8 @@ from experiment.demo import (
     demo_stages,
     free_port,
     main,
+    participant_link,
+    port_is_free,
     run_stages,
 )
 from generator.images import imagenet_classes
@@ -83,10 +89,61 @@ def test_a_failing_stage_names_its_command_and_shows_its_log(tmp_path):
         run_stages([needs], tmp_path / "state", out=out)
 
 
+def test_a_stage_says_what_it_does_on_first_use_only_when_it_runs(tmp_path):
+    made = tmp_path / "out.txt"
+    stage = Stage("s", "make it", [writer(made, "x")], [made], note="trains it on first use")
+    out = io.StringIO()
+    run_stages([stage], tmp_path / "state", out=out)
+    run_stages([stage], tmp_path / "state", out=out)
+    first, second = out.getvalue().splitlines()[0], out.getvalue().splitlines()[-1]
+    assert first == "[1/1] make it (trains it on first use) ..."
+    assert second == "[1/1] make it: cached"
+
+
 def test_the_demo_has_every_stage_of_the_pipeline(tmp_path):
     names = [s.name for s in demo_stages(DemoConfig(out=tmp_path))]
     assert names == ["record", "selectivity", "tables", "figures", "panels-fc8", "panels-fc6",
                      "panels-conv5", "practice", "design", "load"]
+
+
+# -- serving -------------------------------------------------------------------------------
+
+def test_the_printed_participant_link_is_a_valid_fresh_prolific_link(app):
+    links = [participant_link("http://127.0.0.1:5000") for _ in range(2)]
+    assert links[0] != links[1]  # a fresh participant each run
+    for link in links:
+        ids = dict(part.split("=") for part in link.split("?", 1)[1].split("&"))
+        assert sorted(ids) == ["PROLIFIC_PID", "SESSION_ID", "STUDY_ID"]
+        assert all(re.fullmatch(r"[0-9a-f]{24}", v) for v in ids.values()), ids
+        reply = app.test_client().get(link.removeprefix("http://127.0.0.1:5000"))
+        assert reply.status_code == 302 and reply.location.endswith("/study")
+
+
+def test_a_port_left_in_time_wait_is_free_to_serve_again():
+    """A server that closes a kept-alive connection first leaves it in TIME-WAIT on its
+    port; a new server binds with SO_REUSEADDR (as gunicorn does), so the port is free."""
+    import socket
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+    served.close()  # the server closes first: its side goes to TIME-WAIT
+    client.recv(1)
+    client.close()
+    listener.close()
+    assert port_is_free(port)
+    with socket.socket() as plain:  # what the old check did trips on TIME-WAIT
+        with pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))
+    with socket.socket() as busy:  # but a port some server listens on is not free
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        assert not port_is_free(port)
 
 
 # -- practice panels ---------------------------------------------------------------------------
@@ -132,7 +189,7 @@ def test_practice_panels_of_real_digits_without_photos(tmp_path):
     assert 10 < pixels.mean() < 200  # digits drawn, not a blank
 
 
-@pytest.mark.skipif(not SHARED_PHOTOS.is_dir(), reason=f"{SHARED_PHOTOS} is absent")
+@pytest.mark.needs_system("shared_data")   # skips without ../shared/data
 def test_practice_panels_from_the_shared_photos(tmp_path):
     listing = practice_panels(tmp_path, photos=SHARED_PHOTOS)
     assert len(list(csv.DictReader(listing.open()))) == 6
@@ -155,15 +212,27 @@ def test_the_demo_end_to_end_at_reduced_size(tmp_path, capfd):
     assert (out / "tables" / "tables.md").exists()
     assert (out / "figures" / "figA4_synthetic.png").exists()
     manifest = pd.read_csv(out / "am" / "manifest.csv")
-    assert manifest.groupby("layer").size().to_dict() == {"conv5": 10, "fc6": 10, "fc8": 10}
+    # half of fc6's units, drawn (as the paper rated 2,048 of 4,096)
+    assert manifest.groupby("layer").size().to_dict() == {"conv5": 10, "fc6": 5, "fc8": 10}
+    fc6 = manifest.loc[manifest["layer"] == "fc6", "unit"].tolist()
+    assert len(set(fc6)) == 5 and set(fc6) <= set(range(10)) and fc6 != list(range(5))
     study = json.loads((out / "study" / "study.json").read_text())
-    assert len(study["panels"]) == 30 and len(study["practice"]) == 6
+    assert len(study["panels"]) == 25 and len(study["practice"]) == 6
+    # every output of the pipeline has one file mode (the store, with its secret key, and
+    # the participants' data are the server's, kept private)
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.relative_to(out).as_posix(): oct(f.stat().st_mode & 0o777)
+             for f in out.rglob("*") if f.is_file()
+             and f.relative_to(out).parts[0] not in ("instance", "simulation")}
+    assert "digits.h5" in modes and "selectivity.csv" in modes
+    assert set(modes.values()) == {oct(FILE_MODE & ~umask)}, modes
 
     # the simulation went through HTTP and the store holds every acknowledged answer once
     assert "store check: " in printed and "FAILED" not in printed
     responses = pd.read_csv(out / "simulation" / "export" / "responses.csv")
     main_trials = responses[~responses["practice"].astype(bool)]
-    assert len(main_trials) >= 9 * 15  # most of the 10 places, 15 panels each
+    assert len(main_trials) >= 9 * 12  # most of the 10 places, 12 or 13 panels each
 
     # Table 2 was printed, and it shows the paper's contrast: fc8 panels are judged
     # interpretable far more often than conv5 and fc6 panels
@@ -180,27 +249,86 @@ def test_the_demo_end_to_end_at_reduced_size(tmp_path, capfd):
     assert again.count(": cached") == 10
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (out / ".stages").glob("*.json")}
 
-    # served as `make demo` serves it: the printed password opens the dashboard
-    served = subprocess.Popen([sys.executable, "-m", "experiment.demo", "--out", str(out),
-                               *REDUCED, "--port", str(free_port())], cwd=ROOT,
-                              stdout=subprocess.PIPE, text=True)
+    # served as `make demo` serves it: the printed password opens the dashboard, and the
+    # printed participant and preview links, clicked in a browser, open the study
+    port = free_port()
+    served, text = serve_demo(out, port)
     try:
-        lines = []
-        while not any("password:" in line for line in lines):
-            line = served.stdout.readline()
-            assert line, "".join(lines)
-            lines.append(line)
-        text = "".join(lines)
         assert text.count(": cached") == 10
         base = re.search(r"dashboard: +(http://127\.0\.0\.1:\d+)/admin/", text).group(1)
         password = re.search(r"password: (\S+)", text).group(1)
         assert log_in(base, "admin", password) == 200
         assert log_in(base, "admin", password + "x") == 401
+        participant = re.search(r"participant \(as from Prolific\): +(\S+)", text).group(1)
+        preview = re.search(r"preview \(stores nothing\): +(\S+)", text).group(1)
+        assert click_links([participant, preview]) == [f"{base}/consent"] * 2
+        # a kept-alive connection, as a browser tab holds one, when the server stops
+        kept = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        kept.request("GET", "/api/health")
+        assert kept.getresponse().read() and kept.sock is not None
     finally:
         served.send_signal(signal.SIGTERM)  # a plain kill stops gunicorn too (Ctrl-C alike)
         assert served.wait(30) == 0
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{base}/api/health", timeout=5)
+    # started again at once on the same port: TIME-WAIT does not make it "in use"
+    again, text = serve_demo(out, port)
+    try:
+        with urllib.request.urlopen(f"{base}/api/health", timeout=5) as reply:
+            assert reply.status == 200
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(30) == 0
+    kept.close()
+
+
+def serve_demo(out: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """``python -m experiment.demo`` serving ``out`` (built) on ``port``; the process and
+    what it printed up to its banner's password line."""
+    served = subprocess.Popen([sys.executable, "-m", "experiment.demo", "--out", str(out),
+                               *REDUCED, "--port", str(port)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        while not any("password:" in line for line in lines):
+            line = served.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+    except BaseException:
+        served.kill()
+        served.wait()
+        raise
+    return served, "".join(lines)
+
+
+def click_links(links: list[str]) -> list[str]:
+    """Each link opened in a fresh headless chromium context; the URLs they land on."""
+    landed = []
+    with browser() as chromium:
+        for link in links:
+            context = chromium.new_context(viewport={"width": 1280, "height": 800})
+            page = context.new_page()
+            page.goto(link)
+            page.locator("form").first.wait_for(state="visible", timeout=15_000)
+            landed.append(page.url)
+            context.close()
+    return landed
+
+
+@contextmanager
+def browser():
+    chromium_path = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from system_deps import require
+
+    require("chromium")   # skips without it (apt-get install chromium); fails under CI=true
+    with sync_api.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=chromium_path, headless=True,
+                                     args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
 
 
 def log_in(base: str, user: str, password: str) -> int:
