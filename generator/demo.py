@@ -53,7 +53,6 @@ import logging
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -65,6 +64,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from common.files import atomic_write_bytes
 
 from .networks import Preprocessing, TappedNet, WeightsError, _taps_for, load_state
 from .threads import TRAINING_THREADS
@@ -363,26 +364,6 @@ def cached_weights_path(variant: str = "a", seed: int | None = None,
     spec = _variant(variant)
     seed = spec.seed if seed is None else int(seed)
     return Path(root if root is not None else cache_dir()) / "demo" / f"{spec.stem}_seed{seed}.pt"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that no reader ever sees a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 @contextmanager
