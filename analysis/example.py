@@ -174,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="out/example", help="output folder (default out/example)")
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--images-per-class", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the generated table (default %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

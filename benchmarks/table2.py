@@ -58,7 +58,8 @@ def timed(fn):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the simulated study (default %(default)s)")
     args = parser.parse_args()
     responses, selectivity = paper_sized(np.random.default_rng(args.seed))
     with tempfile.TemporaryDirectory() as tmp:

@@ -235,7 +235,7 @@ def demo_stages(cfg: DemoConfig) -> list[Stage]:
         # CPU one (a batch of 64 would leave a core idle)
         batch = ["--batch-chains", "16"] if layer.startswith("conv") else []
         if layer == "fc6" and cfg.fc6_share < 100:
-            what = f"{cfg.fc6_share}% of the units, drawn," + ("" if units == "all" else
+            what = f"{cfg.fc6_share}% of the units (drawn)" + ("" if units == "all" else
                                                                f" of units {units}")
             sample = ["--sample", f"{cfg.fc6_share}%"]
         stages.append(Stage(

@@ -210,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--photos", help="folder of <wnid>.jpg photos, one per ImageNet class")
     source.add_argument("--digits", action="store_true", help="real digits instead")
     practice.add_argument("--out", required=True, help="folder for the panels and practice.csv")
-    practice.add_argument("--seed", type=int, default=0)
+    practice.add_argument("--seed", type=int, default=0,
+                          help="seed of the photos drawn for each panel (default %(default)s)")
     args = parser.parse_args(argv)
     if args.command == "practice":
         try:
