@@ -276,7 +276,11 @@ def demo_rater(seed: int | None = None, cache_dir: str | None = None,
         load_digits_tensors,
         trained_demo_network_b,
     )
+    from .threads import use_available_cpus
 
+    # the process that loads the rater (server.simulate's) runs torch on the CPUs it may
+    # use, as the command-line tools do, never on os.cpu_count()'s
+    use_available_cpus()
     if seed is None:
         classifier, _ = trained_demo_network_b(cache_dir=cache_dir)
     else:

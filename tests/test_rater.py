@@ -227,3 +227,15 @@ def test_every_way_of_writing_a_digit_codes_to_that_digit_only():
             senses = coder.code(text).senses
             matched = [c for c, s in classes.items() if senses & s]
             assert matched == [digit], (text, matched)
+
+
+def test_the_rater_runs_torch_on_the_cpus_its_process_may_use(monkeypatch, rater):
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("SELECTIVITY_CPUS", "1")
+    try:
+        demo_rater()  # the trained classifier comes from the cache the fixture filled
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
