@@ -100,11 +100,21 @@ def test_a_participant_completes_the_study_in_a_real_browser(live_server, page):
         page.wait_for_timeout(50)
     assert base + trials[1]["image"] in requested
 
-    # Practice: six panels, answered by keyboard.
+    # Practice: six panels, answered by keyboard. The fourth panel's image is held back:
+    # while it loads, the third is not left on screen.
+    held = []
+    page.route(base + trials[3]["image"], lambda route: held.append(route))
     for i in range(6):
         expect(page.locator("#progress")).to_have_text(f"Practice panel {i + 1} of 6")
+        if i == 3:
+            expect(page.locator("#loading")).to_be_visible()
+            expect(page.locator("#panel")).to_be_hidden()
+            page.unroute(base + trials[3]["image"])
+            for route in held:
+                route.continue_()
         answer_trial(page, yes=i % 2 == 0, text=f"thing {i}")
     page.get_by_role("button", name="Start the study").wait_for()
+    expect(page.locator("#panel")).to_be_hidden()  # nothing behind "Practice finished"
     page.keyboard.press("Enter")
 
     # Three main panels, then a reload: the page resumes at the fourth.
