@@ -147,6 +147,8 @@ class Batch:
         if self._normals is None or len(self._normals) == 0:
             d = self.h.shape[1]
             k = max(1, min(self.steps_ahead, NOISE_BUFFER // max(1, self.size * d)))
+            if d % 16:  # draws of other sizes split the stream otherwise: one step at a time
+                k = 1
             draws = torch.stack([torch.randn(k, d, generator=g) for g in self.rngs], 1)
             self._normals = draws.to(self.h.device, self.h.dtype)  # (k, B, D)
             self.steps_ahead = max(1, self.steps_ahead - k)

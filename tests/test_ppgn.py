@@ -385,13 +385,14 @@ def test_the_images_do_not_depend_on_the_number_of_workers(tmp_path):
         np.testing.assert_array_equal(files[1][u], files[3][u])
 
 
-def test_noise_drawn_ahead_is_the_stream_of_one_draw_per_step():
+@pytest.mark.parametrize("d", [32, 20])  # a code size that is not a multiple of 16 too
+def test_noise_drawn_ahead_is_the_stream_of_one_draw_per_step(d):
     rngs = [torch.Generator().manual_seed(s) for s in (1, 2)]
-    batch = ppgn.Batch(torch.zeros(2, 32), torch.zeros(2), torch.zeros(2), rngs)
+    batch = ppgn.Batch(torch.zeros(2, d), torch.zeros(2), torch.zeros(2), rngs)
     batch.plan_noise(5)
     ahead = torch.stack([batch.standard_normal() for _ in range(7)])  # 5, then 2 more
     again = [torch.Generator().manual_seed(s) for s in (1, 2)]
-    one_by_one = torch.stack([torch.stack([torch.randn(32, generator=g) for g in again])
+    one_by_one = torch.stack([torch.stack([torch.randn(d, generator=g) for g in again])
                               for _ in range(7)])
     assert torch.equal(ahead, one_by_one)
 
