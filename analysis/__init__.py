@@ -1,5 +1,5 @@
 """Torch-free analysis: activation tables, selectivity measures, tables and figures.
 
 Importing this package (or any of its modules) must never import torch
-(DESIGN.md §2).
+(docs/architecture.md).
 """

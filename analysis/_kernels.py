@@ -6,7 +6,7 @@ engine in :mod:`analysis.selectivity` composes them. Conventions shared by all:
 * ``X`` is a block of activations, float32 (N images, B units), C order, as an
   activation table stores it; ``y`` is each image's *present-class index*
   (0..Kp-1, classes without images removed), so that ``argmax`` over that axis
-  picks the lowest class index on ties, as DESIGN.md §4 asks.
+  picks the lowest class index on ties, as docs/measures.md asks.
 * Order keys: :func:`desc_key` maps a float32 to a uint32 whose ascending order
   is the float's descending order (``-0.0`` and ``0.0`` give the same key).
   Sorting ``desc_key(x) << 32 | label`` as uint64 (numpy's SIMD sort) gives the

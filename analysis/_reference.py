@@ -5,7 +5,7 @@ fast vectorised engine (:mod:`analysis.selectivity`) is tested against. It is al
 the "naive per-unit numpy" baseline of the selectivity benchmark. Do not optimise it
 beyond what keeps it obviously correct; do not make it share code with the engine.
 
-Definitions follow DESIGN.md §4, with these binding conventions:
+Definitions follow docs/measures.md, with these binding conventions:
 
 * Classes are ``0 .. n_classes-1``. A class with no images is *absent* and is left out
   of every argmax / argmin and every maximum "over classes". Ties between classes go
@@ -57,7 +57,7 @@ Columns (in this order; see :data:`COLUMNS`):
 ``mean_activation``, ``max_activation``, ``dead``
     Over all images; ``dead`` is True iff every activation is exactly 0.
 
-Torch is never imported here (DESIGN.md §2).
+Torch is never imported here (docs/architecture.md).
 """
 
 from __future__ import annotations

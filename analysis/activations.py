@@ -1,4 +1,4 @@
-"""Activation tables: one HDF5 file per network and image set (DESIGN.md §3).
+"""Activation tables: one HDF5 file per network and image set (docs/activation-table.md).
 
 Layout (the minimal contract; more datasets and attributes are allowed)::
 
@@ -114,7 +114,7 @@ class ActivationTable:
                 raise self._err(
                     f"/{name}",
                     "missing; an activation table needs /labels, /class_names and "
-                    "/layers/<layer> (see DESIGN.md §3)",
+                    "/layers/<layer> (see docs/activation-table.md)",
                 )
         labels = f["labels"]
         if not isinstance(labels, h5py.Dataset) or labels.ndim != 1:
@@ -481,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m analysis.activations",
-        description="Describe and validate an activation table (DESIGN.md §3).",
+        description="Describe and validate an activation table (docs/activation-table.md).",
     )
     parser.add_argument("table", help="activation table (.h5)")
     parser.add_argument("--check-values", action="store_true",

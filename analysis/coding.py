@@ -1,4 +1,4 @@
-"""Free-text answers to WordNet 3.0 synsets, and their agreement (DESIGN.md §7).
+"""Free-text answers to WordNet 3.0 synsets, and their agreement (docs/table2.md).
 
 Participants who say yes write which everyday object, place or animal they see
 ("beer or some drink", "green peppers", "dgo"). Table 2 asks whether the humans
@@ -97,7 +97,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: The packaged rough classes.
 ROUGH_CLASSES_PATH = Path(__file__).resolve().with_name("rough_classes.tsv")
 
-#: Where the ILSVRC-2012 class list is looked for (DESIGN.md §8), in order.
+#: Where the ILSVRC-2012 class list is looked for (docs/data.md), in order.
 IMAGENET_CLASSES_PATHS = (ROOT / "generator" / "imagenet1k_classes.tsv",
                           ROOT.parent / "shared" / "data" / "imagenet1k_classes.tsv")
 
@@ -803,7 +803,7 @@ def _code_cli(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m analysis.coding",
-        description="Code free-text answers as WordNet 3.0 synsets (DESIGN.md section 7).")
+        description="Code free-text answers as WordNet 3.0 synsets (docs/table2.md).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
     review = sub.add_parser(

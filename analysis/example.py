@@ -71,7 +71,7 @@ def make_example_table(
     seed: int = 0,
     rows_per_write: int = 50_000,
 ) -> str:
-    """Write a synthetic activation table (DESIGN.md §3) and return its path."""
+    """Write a synthetic activation table (docs/activation-table.md) and return its path."""
     rng = np.random.default_rng(seed)
     n = n_classes * images_per_class
     labels = rng.permutation(np.repeat(np.arange(n_classes, dtype=np.int32), images_per_class))

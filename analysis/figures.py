@@ -12,7 +12,7 @@ writing files is separate, :func:`save_figure`):
 - Fig. 5 :func:`plot_ccmas2` -- CCMAS vs CCMAS_2, one panel per layer.
 - Fig. A2/A3 :func:`plot_activation_distribution` -- a unit's activations
   with exponential and normal fits of its non-zero activations.
-- Fig. A4 :func:`plot_a4` -- the three synthetic cases of DESIGN.md §4, each
+- Fig. A4 :func:`plot_a4` -- the three synthetic cases of docs/measures.md, each
   titled with the CCMAS, precision and TCS that ``analysis.selectivity``
   computes for it.
 
@@ -114,7 +114,7 @@ def top_k_class_counts(activations: np.ndarray, labels: np.ndarray, n_classes: i
 
     Images tied at the k-th activation share the remaining places
     fractionally (uniformly random tie-breaking), as for precision@k
-    (DESIGN.md §4). ``k`` larger than the number of images takes them all.
+    (docs/measures.md). ``k`` larger than the number of images takes them all.
     """
     a = np.asarray(activations, dtype=float)
     y = np.asarray(labels)
@@ -190,7 +190,7 @@ def fit_activation_distribution(activations: np.ndarray) -> ActivationFits:
 
 def synthetic_cases(n_classes: int = 10, per_class: int = 100
                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The paper's Fig. A4 cases (DESIGN.md §4): name -> (activations, labels).
+    """The paper's Fig. A4 cases (docs/measures.md): name -> (activations, labels).
 
     Class 0 is the selective class. (a) one image of class 0 active (1.0),
     all else 0; (b) every image of class 0 at 1.0, all else 0; (c) every

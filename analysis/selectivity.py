@@ -1,4 +1,4 @@
-"""Selectivity of every unit: the measures of DESIGN.md §4, computed block by block.
+"""Selectivity of every unit: the measures of docs/measures.md, computed block by block.
 
 Layers, from the inside out:
 
@@ -87,7 +87,7 @@ class ClassLayout:
     ``present`` are the class indices with at least one image (ascending),
     ``counts`` their image counts, ``y`` each image's index into ``present``.
     Because ``present`` is ascending, the lowest present index is the lowest
-    class index, so ties resolve as DESIGN.md §4 asks.
+    class index, so ties resolve as docs/measures.md asks.
     """
 
     present: np.ndarray
@@ -503,12 +503,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m analysis.selectivity",
         description=(
-            "Compute the selectivity of every unit of an activation table (DESIGN.md §4): "
+            "Compute the selectivity of every unit of an activation table (docs/measures.md): "
             "CCMAS, CCMAS_2, top-class selectivity, localist, precision@60/100 and the "
             "signal-detection measures. One CSV row per unit."
         ),
     )
-    parser.add_argument("table", help="activation table (.h5, DESIGN.md §3)")
+    parser.add_argument("table", help="activation table (.h5, docs/activation-table.md)")
     parser.add_argument("--out", required=True, help="results CSV to write")
     parser.add_argument("--layers", nargs="+", metavar="LAYER",
                         help="layers to measure (default: every layer of the table)")

@@ -1,4 +1,4 @@
-"""Table 2: the human ratings joined with the selectivity measures (DESIGN.md §7).
+"""Table 2: the human ratings joined with the selectivity measures (docs/table2.md).
 
 Per layer:
 

@@ -1,4 +1,4 @@
-"""The paper's selectivity tables from a results file (DESIGN.md §1, step 2).
+"""The paper's selectivity tables from a results file (docs/architecture.md).
 
 A results file is the CSV that ``python -m analysis.selectivity`` writes: one
 row per unit, with the columns listed in :data:`RESULTS_COLUMNS`. Proportions

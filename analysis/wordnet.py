@@ -1,4 +1,4 @@
-"""A small, pure-Python reader of WordNet 3.0's noun hierarchy (DESIGN.md §7).
+"""A small, pure-Python reader of WordNet 3.0's noun hierarchy (docs/table2.md).
 
 ImageNet's classes are WordNet 3.0 noun synsets: the WordNet id ``n02099267`` is
 ``'n'`` followed by the 8-digit byte offset of the synset in ``data.noun``. This

@@ -1,1 +1,1 @@
-"""experiment package (see DESIGN.md §2)."""
+"""experiment package (see docs/architecture.md)."""

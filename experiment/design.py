@@ -1,6 +1,6 @@
 """The rating study's design: panels manifest to lists, targets and practice panels.
 
-DESIGN.md §1 (step 4) and §6. A *design* deals every panel of a panels manifest
+docs/study-design.md. A *design* deals every panel of a panels manifest
 (after optional per-layer sampling) into exactly one of ``n_lists`` lists, so that
 each layer is spread as evenly as possible over the lists, and gives every list a
 participant target, the targets summing to the number of participants. For the
@@ -730,7 +730,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=CLI,
         description=(
-            "Design the rating study (DESIGN.md §6): deal every panel of a panels manifest "
+            "Design the rating study (docs/study-design.md): deal every panel of a panels manifest "
             "into exactly one list, each layer spread as evenly as possible, give each list "
             "a participant target (the targets sum to --participants), pick the practice "
             "panels, check the files and write study.json. Deterministic for a seed. The "

@@ -1,1 +1,1 @@
-"""generator package (see DESIGN.md §2)."""
+"""generator package (see docs/architecture.md)."""

@@ -1,4 +1,4 @@
-"""Caffe ``.caffemodel`` weights without Caffe or protobuf (DESIGN.md §5).
+"""Caffe ``.caffemodel`` weights without Caffe or protobuf (docs/networks.md).
 
 A ``.caffemodel`` is a serialised ``NetParameter`` protobuf. This module reads
 the part that holds weights with a small wire-format reader (numpy does the

@@ -1,4 +1,4 @@
-"""The DeePSiM fc6 generator: the image prior PPGN samples through (DESIGN.md §5).
+"""The DeePSiM fc6 generator: the image prior PPGN samples through (docs/networks.md).
 
 Dosovitskiy & Brox (2016) trained it to invert CaffeNet's fc6; PPGN (Nguyen et
 al. 2017, ``nets/generator/noiseless``) uses it as G. Layers, named as in the

@@ -1,5 +1,5 @@
 """The embedded default: scikit-learn's digits and two small classifiers, trained
-once and cached (DESIGN.md §8, §9).
+once and cached (docs/data.md).
 
 Data: the 1,797 8x8 digits of :func:`sklearn.datasets.load_digits` (values 0-16,
 labels 0-9) scaled to [0, 1] (``/ 16``), upsampled to 32x32 (bilinear,

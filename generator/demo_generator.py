@@ -1,4 +1,4 @@
-"""The embedded default's generator G for PPGN (DESIGN.md §5, §9).
+"""The embedded default's generator G for PPGN (docs/networks.md, docs/data.md).
 
 G inverts the demo network's ``fc6`` code (post-ReLU, 128-d; the sampler keeps
 h in [0, 30]) into a 1x32x32 image in the demo network's input space (normalised

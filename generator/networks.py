@@ -1,4 +1,4 @@
-"""The classifiers, their named taps and their preprocessing (DESIGN.md §5).
+"""The classifiers, their named taps and their preprocessing (docs/networks.md).
 
 Every network is a :class:`TappedNet`: an ordered list of named steps (layers,
 ReLUs, pools, ...) whose ``forward(x, taps)`` returns the requested taps by

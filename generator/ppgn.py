@@ -1,6 +1,6 @@
 """Activation maximization with a Plug-and-Play Generative Network (noiseless joint PPGN-h).
 
-The update of DESIGN.md §5, for a batch of chains (one row each)::
+The update of docs/networks.md, for a batch of chains (one row each)::
 
     d_h = eps1 * (E(G(h)) - h)               # prior: the code of G's image, back towards h
         + eps2 * (1 - p_k) * d a_k / d h     # condition: the target unit k, softmax-weighted
@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Settings:
-    """Sampler settings (defaults: DESIGN.md §5, fc8)."""
+    """Sampler settings (defaults: docs/networks.md, fc8)."""
 
     steps: int = 200
     eps1: float = 1e-5
@@ -734,7 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m generator.ppgn",
         description="Activation-maximization images and 10x10 panels with a PPGN sampler "
-                    "(noiseless joint PPGN-h, DESIGN.md §5). Runs resume per unit.",
+                    "(noiseless joint PPGN-h, docs/networks.md). Runs resume per unit.",
     )
     parser.add_argument("--network", required=True, help="caffenet, bvlc_alexnet, alexnet, demo")
     parser.add_argument("--weights", help="the network's weights (.caffemodel or .pth)")

@@ -445,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m generator.record",
         description="Record a network's activations over a labelled image set into an "
-                    "activation table (DESIGN.md §3). Interrupted runs go on where they "
+                    "activation table (docs/activation-table.md). Interrupted runs go on where they "
                     "stopped when run again with the same arguments.",
     )
     parser.add_argument("--network", required=True,

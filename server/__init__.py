@@ -1,4 +1,4 @@
-"""The experiment server: a Flask application factory (DESIGN.md §1, step 5).
+"""The experiment server: a Flask application factory (docs/architecture.md).
 
 ``create_app(test_config=None)`` builds the app with layered configuration, lowest first:
 

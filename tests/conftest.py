@@ -1,4 +1,4 @@
-"""Shared fixtures: where the shared data lives (DESIGN.md §8); the experiment server's
+"""Shared fixtures: where the shared data lives (docs/data.md); the experiment server's
 temporary worlds (a small design, a fresh SQLite or PostgreSQL store, an app); strict mode
 (tests/system_deps.py: under CI=true a missing chromium, WordNet or PostgreSQL fails)."""
 

@@ -1,4 +1,4 @@
-"""Free-text coding against WordNet 3.0 (DESIGN.md §7): the real database of Debian's
+"""Free-text coding against WordNet 3.0 (docs/table2.md): the real database of Debian's
 wordnet-base, real word lists, closed-form expectations."""
 
 import csv

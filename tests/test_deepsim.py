@@ -1,4 +1,4 @@
-"""The DeePSiM fc6 generator: shapes (DESIGN.md §5), Caffe import, pixels, cost.
+"""The DeePSiM fc6 generator: shapes (docs/networks.md), Caffe import, pixels, cost.
 
 The full-size network (~56M parameters) is only ever built on the meta device;
 everything that computes uses a tiny one with the same layers.
@@ -24,9 +24,9 @@ from generator.deepsim import (
 )
 from generator.networks import CAFFE_PREPROCESSING, WeightsError, file_sha256
 
-# -- DESIGN §5, written out: output shape of every layer for one code ---------------------
+# -- docs/networks.md, written out: output shape of every layer for one code ---------------------
 
-DESIGN_SHAPES = {
+PAPER_SHAPES = {
     "defc7": (4096,),
     "defc6": (4096,),
     "defc5": (4096,),  # -> reshape 256x4x4
@@ -116,13 +116,13 @@ def test_every_layer_shape_matches_design_on_the_full_size_network():
         model = DeePSiMGenerator()
         seen = record_outputs(model)
         out = model(torch.zeros(2, 4096))
-    assert {name: tuple(t.shape[1:]) for name, t in seen.items()} == DESIGN_SHAPES
+    assert {name: tuple(t.shape[1:]) for name, t in seen.items()} == PAPER_SHAPES
     assert list(seen) == list(LAYERS)  # forward order
     assert tuple(out.shape) == (2, 3, 256, 256)
-    assert model.layer_shapes() == DESIGN_SHAPES
+    assert model.layer_shapes() == PAPER_SHAPES
     assert model.output_shape == (3, 256, 256)
     # spatial sides 4 -> 8 -> 16 -> 32 -> 64 -> 128 -> 256, doubled only by the 4/2/1 deconvs
-    sides = [s[1] for s in DESIGN_SHAPES.values() if len(s) == 3]
+    sides = [s[1] for s in PAPER_SHAPES.values() if len(s) == 3]
     assert sides == [8, 8, 16, 16, 32, 32, 64, 128, 256]
 
 

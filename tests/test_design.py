@@ -1,8 +1,8 @@
-"""experiment.design: manifest to lists, targets and practice panels (DESIGN.md §6).
+"""experiment.design: manifest to lists, targets and practice panels (docs/study-design.md).
 
 Every test builds its own world under tmp_path: tiny generated PNG files and the
 manifests that point at them. The golden numbers of the paper's design come from
-DESIGN.md §6: 256 conv5, 995 fc8 and 2,048 fc6 sampled from 4,096; 64 lists of
+docs/study-design.md: 256 conv5, 995 fc8 and 2,048 fc6 sampled from 4,096; 64 lists of
 4 conv5, 32 fc6 and 15 or 16 fc8 (51 or 52 panels); 333 participants, 51 lists
 with a target of 5 and 13 with 6; six practice trials.
 """
@@ -43,7 +43,7 @@ from experiment.design import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# DESIGN.md §6: the paper's panels per layer (fc6 before sampling) and request.
+# docs/study-design.md: the paper's panels per layer (fc6 before sampling) and request.
 PAPER_LAYERS = {"conv5": 256, "fc6": 4096, "fc8": 995}
 PAPER_SAMPLE = {"fc6": 2048}
 PAPER_LISTS = 64
@@ -122,7 +122,7 @@ def paper_world(tmp_path_factory) -> tuple[Path, Path]:
 
 
 # ---------------------------------------------------------------------------
-# The paper's design (DESIGN.md §6)
+# The paper's design (docs/study-design.md)
 
 
 def per_list_layer_counts(study: dict) -> list[Counter]:
@@ -130,7 +130,7 @@ def per_list_layer_counts(study: dict) -> list[Counter]:
 
 
 def assert_paper_numbers(study: dict) -> None:
-    """The numbers DESIGN.md §6 records for the paper's study."""
+    """The numbers docs/study-design.md records for the paper's study."""
     lists = study["lists"]
     assert len(lists) == 64 and [lst["id"] for lst in lists] == list(range(1, 65))
     assert study["layers"] == ["conv5", "fc6", "fc8"]

@@ -192,7 +192,7 @@ def test_top_k_counts_share_ties():
     acts, labels = synthetic_cases()["(a) one active image"]
     counts = top_k_class_counts(acts, labels, 10, k=100)
     assert counts.sum() == pytest.approx(100)
-    assert counts[0] == pytest.approx(1 + 99 * 99 / 999)  # 10.8%, DESIGN.md §4
+    assert counts[0] == pytest.approx(1 + 99 * 99 / 999)  # 10.8%, docs/measures.md
     assert counts[1] == pytest.approx(99 * 100 / 999)
     assert top_k_class_counts(np.arange(5.0), np.array([0, 0, 1, 1, 1]), 2, k=100).tolist() \
         == [2, 3]

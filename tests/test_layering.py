@@ -1,4 +1,4 @@
-"""The dependency boundary of DESIGN.md §2: analysis, experiment and server never
+"""The dependency boundary of docs/architecture.md: analysis, experiment and server never
 import torch, and server never imports generator. Checked in a fresh interpreter
 that imports every module of the package."""
 

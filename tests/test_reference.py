@@ -1,6 +1,6 @@
 """Closed-form cases for the reference (oracle) selectivity measures, analysis._reference.
 
-Every expected value is derived by hand in the comment next to it (DESIGN.md §4 and the
+Every expected value is derived by hand in the comment next to it (docs/measures.md and the
 conventions in the module docstring of analysis._reference).
 """
 

@@ -33,7 +33,7 @@ def assert_frames_match(got: pd.DataFrame, want: pd.DataFrame, columns=None) -> 
 
 
 def paper_cases() -> tuple[np.ndarray, np.ndarray]:
-    """DESIGN.md §4 / Fig. A4: 10 classes of 100 images, three units."""
+    """docs/measures.md / Fig. A4: 10 classes of 100 images, three units."""
     y = np.repeat(np.arange(10), 100)
     a = np.zeros((1000, 3), np.float32)
     a[0, 0] = 1.0                       # (a) one active image

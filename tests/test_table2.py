@@ -3,7 +3,7 @@
 Generated participants rate units with set yes-rates per layer and set answers; the table
 must recover the set values (within sampling error where they are random, exactly where
 they are fixed), and its ± must be sqrt(p(1-p)/n) exactly. The paper's own ± values follow
-from its percentages and counts (Gale et al., Table 2, as recorded in DESIGN.md §7)."""
+from its percentages and counts (Gale et al. 2020, Table 2; docs/table2.md)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class ToyCoder:
 CLASSES = {i: frozenset({f"c{i}"}) for i in range(20)}
 
 
-# -- the paper's ± (DESIGN.md §7) ------------------------------------------------------------
+# -- the paper's ± (docs/table2.md) ------------------------------------------------------------
 
 @pytest.mark.parametrize("count, n, pct, se", [
     (11, 256, 4.3, 1.3),      # conv5: 4.3% of 256 units with >= 80% yes
