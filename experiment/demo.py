@@ -54,6 +54,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.files import atomic_write_text
+
 __all__ = ["Stage", "StageFailed", "DemoConfig", "run_stages", "demo_stages", "main"]
 
 log = logging.getLogger(__name__)
@@ -163,9 +165,7 @@ def run_stages(stages: Sequence[Stage], state_dir: Path, *, out=None,
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 # -- the demo's stages -----------------------------------------------------------------------

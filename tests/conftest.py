@@ -2,6 +2,7 @@
 temporary worlds (a small design, a fresh SQLite or PostgreSQL store, an app); strict mode
 (tests/system_deps.py: under CI=true a missing chromium, WordNet or PostgreSQL fails)."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,20 @@ pytest_plugins = ("system_deps",)
 SAMPLES = SHARED_PHOTOS
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def torch_threads_from_available_cpus():
     """torch run in the tests' own process uses the CPUs this process may use (affinity,
-    cgroup quota, SELECTIVITY_CPUS), as the command-line tools do (generator/threads.py)."""
-    from generator.threads import use_available_cpus
+    cgroup quota, SELECTIVITY_CPUS), as the command-line tools do (generator/threads.py).
+    Set once torch is imported, so a run of torch-free tests never imports it."""
+    global _torch_threads_set
+    if not _torch_threads_set and "torch" in sys.modules:
+        from generator.threads import use_available_cpus
 
-    use_available_cpus()
+        use_available_cpus()
+        _torch_threads_set = True
+
+
+_torch_threads_set = False
 
 
 @pytest.fixture(scope="session")

@@ -298,3 +298,10 @@ def test_preprocessing_of_a_raw_8x8_png_matches_the_upsampling(tmp_path, held_ou
             x = DEMO_PREPROCESSING(img)
         assert (x - images[i]).abs().max().item() <= 1.5 / 255 / DIGITS_STD
     assert DEMO_PREPROCESSING.mean == (DIGITS_MEAN,) and DEMO_PREPROCESSING.channels == "L"
+
+
+def test_torch_in_the_tests_own_process_uses_the_cpus_it_may():
+    # set by the conftest fixture once torch is imported (this module imports it)
+    from common.cpus import available_cpus
+
+    assert torch.get_num_threads() == available_cpus()
