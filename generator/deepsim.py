@@ -43,7 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import CAFFE_PREPROCESSING, WeightsError, file_sha256, load_state
+from common.files import sha256_file
+
+from .caffe import load_caffe_weights
+from .networks import CAFFE_PREPROCESSING, WeightsError, load_state, state_dict_from_file
 
 __all__ = [
     "DeePSiMGenerator",
@@ -289,17 +292,10 @@ def load_generator(
         if not os.path.isfile(path):
             raise WeightsError(f"{path}: no such weights file")
         if path.endswith(".caffemodel"):
-            from .caffe import load_caffe_weights
-
             load_caffe_weights(model, path)
-        else:
-            from .networks import state_dict_from_file
-
-            state = state_dict_from_file(path)
-            if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
-                state = {k.removeprefix("module."): v for k, v in state.items()}
-            load_state(model, state, path)
-        checksum = file_sha256(path)
+        else:  # without the "module." prefix of DataParallel (state_dict_from_file)
+            load_state(model, state_dict_from_file(path), path)
+        checksum = sha256_file(path)
         log.info("DeePSiM generator: weights %s (sha256 %s)", path, checksum[:12])
     model.eval()
     for param in model.parameters():

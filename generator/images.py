@@ -23,6 +23,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .digits import DIGIT_CLASS_NAMES, load_digits_tensors
+
 __all__ = [
     "ImageSet",
     "ImageSetError",
@@ -189,8 +191,6 @@ def _csv(path: Path, classes: str | None) -> ImageSet:
 
 
 def _digits(spec: str) -> ImageSet:
-    from .demo import DIGIT_CLASS_NAMES, load_digits_tensors
-
     split = spec.partition(":")[2] or "all"
     if split not in ("all", "train", "test"):
         raise ImageSetError(f"{spec}: the digits splits are all, train and test")

@@ -1,4 +1,5 @@
-"""The classifiers, their named taps and their preprocessing (docs/networks.md).
+"""The classifiers, their named taps and their preprocessing (docs/networks.md): the
+bottom layer of :mod:`generator`, which imports nothing else of the package.
 
 Every network is a :class:`TappedNet`: an ordered list of named steps (layers,
 ReLUs, pools, ...) whose ``forward(x, taps)`` returns the requested taps by
@@ -12,20 +13,23 @@ name and stops after the deepest one. Tap names:
 
 No step works in place, so a tap is never changed by a later step.
 
-Networks by name (:data:`NETWORKS`): ``caffenet`` (bvlc_reference_caffenet:
-pool before LRN), ``bvlc_alexnet`` (LRN before pool), ``alexnet``
-(torchvision's architecture: 64/192/384/256/256, no LRN, no groups) and
-``demo`` (the small digits network of :mod:`generator.demo`). Each has its own
-:class:`Preprocessing`, defined here beside it.
+The architectures here: :func:`caffenet` (bvlc_reference_caffenet: pool before
+LRN), :func:`bvlc_alexnet` (LRN before pool) and :func:`torchvision_alexnet`
+(torchvision's architecture: 64/192/384/256/256, no LRN, no groups), each with
+its :class:`Preprocessing` beside it; the demo's digits networks are in
+:mod:`generator.digits`. Also here: :func:`state_dict_from_file` and
+:func:`load_state` (a PyTorch file's state dict into a model, every mismatch a
+:class:`WeightsError`) and :func:`gradient_copy` (a copy of a network with faster
+gradients to its input). Networks by name and their weight files (Caffe's among
+them) are :mod:`generator.loading`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
-import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -35,24 +39,22 @@ from torch import nn
 
 __all__ = [
     "TappedNet",
+    "taps_for",
     "Preprocessing",
-    "NetworkSpec",
-    "NETWORKS",
     "CAFFE_PREPROCESSING",
     "TORCHVISION_PREPROCESSING",
+    "TORCHVISION_KEYS",
     "caffenet",
     "bvlc_alexnet",
     "torchvision_alexnet",
-    "get_spec",
-    "load_network",
-    "load_weights",
     "load_state",
     "state_dict_from_file",
-    "file_sha256",
     "WeightsError",
+    "FastLocalResponseNorm",
+    "OneChannelConv2d",
+    "fast_copy",
+    "gradient_copy",
 ]
-
-log = logging.getLogger(__name__)
 
 
 class WeightsError(ValueError):
@@ -114,7 +116,11 @@ class TappedNet(nn.Module):
         return {name: tuple(t.shape[1:]) for name, t in outs.items()}
 
 
-def _taps_for(layers: Sequence[str], relu_steps: Mapping[str, str], extra: Mapping[str, str]):
+def taps_for(layers: Sequence[str], relu_steps: Mapping[str, str],
+             extra: Mapping[str, str]) -> dict[str, str]:
+    """The taps of a network whose ``layers`` each have a ReLU step (``relu_steps``: layer ->
+    its ReLU step): ``<layer>`` after the ReLU, ``<layer>:pre`` before it, and ``extra``
+    (tap -> step) as given."""
     taps = {}
     for layer in layers:
         taps[layer] = relu_steps[layer]
@@ -152,7 +158,7 @@ def _caffe_alexnet(lrn_first: bool, n_classes: int = 1000) -> TappedNet:
     )
     layers = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
     relus = {f"conv{i}": f"relu{i}" for i in range(1, 6)} | {"fc6": "relu6", "fc7": "relu7"}
-    taps = _taps_for(layers, relus, {"pool5": "pool5", "fc8": "fc8", "prob": "prob"})
+    taps = taps_for(layers, relus, {"pool5": "pool5", "fc8": "fc8", "prob": "prob"})
     return TappedNet(steps, taps, (3, 227, 227))
 
 
@@ -192,7 +198,7 @@ def torchvision_alexnet(n_classes: int = 1000) -> TappedNet:
     ]
     layers = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
     relus = {f"conv{i}": f"relu{i}" for i in range(1, 6)} | {"fc6": "relu6", "fc7": "relu7"}
-    taps = _taps_for(layers, relus, {"pool5": "avgpool", "fc8": "fc8", "prob": "prob"})
+    taps = taps_for(layers, relus, {"pool5": "avgpool", "fc8": "fc8", "prob": "prob"})
     return TappedNet(steps, taps, (3, 224, 224))
 
 
@@ -258,69 +264,7 @@ TORCHVISION_PREPROCESSING = Preprocessing(
 )
 
 
-# -- registry and weights ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NetworkSpec:
-    name: str
-    build: Callable[[], TappedNet]
-    preprocessing: Preprocessing
-    classes: str  # "imagenet" or "digits"
-    description: str
-
-
-NETWORKS: dict[str, NetworkSpec] = {
-    "caffenet": NetworkSpec("caffenet", caffenet, CAFFE_PREPROCESSING, "imagenet",
-                            "bvlc_reference_caffenet (the paper's and PPGN's network)"),
-    "bvlc_alexnet": NetworkSpec("bvlc_alexnet", bvlc_alexnet, CAFFE_PREPROCESSING, "imagenet",
-                                "BVLC AlexNet (LRN before pooling)"),
-    "alexnet": NetworkSpec("alexnet", torchvision_alexnet, TORCHVISION_PREPROCESSING, "imagenet",
-                           "torchvision's AlexNet architecture"),
-}
-
-
-def get_spec(name: str) -> NetworkSpec:
-    if name == "demo":
-        from .demo import DEMO_PREPROCESSING, demo_network
-
-        return NetworkSpec("demo", demo_network, DEMO_PREPROCESSING, "digits",
-                           "the small digits network (embedded default)")
-    try:
-        return NETWORKS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown network {name!r}; choose one of {', '.join([*NETWORKS, 'demo'])}"
-        ) from None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def state_dict_from_file(path: str) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise WeightsError(f"{path}: not a PyTorch state dict ({exc})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise WeightsError(f"{path}: expected a state dict of tensors")
-    return obj
-
-
-def _rename_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    renamed = {}
-    for key, value in state.items():
-        prefix, _, leaf = key.rpartition(".")
-        renamed[f"{TORCHVISION_KEYS.get(prefix, prefix)}.{leaf}"] = value
-    return renamed
+# -- weights into a model -------------------------------------------------------------
 
 
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -340,49 +284,21 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str)
     model.load_state_dict(state)
 
 
-def load_weights(model: TappedNet, path: str | os.PathLike) -> None:
-    """Load a ``.caffemodel`` or a PyTorch state dict (ours or torchvision's keys)."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise WeightsError(f"{path}: no such weights file")
-    if path.endswith(".caffemodel"):
-        from .caffe import load_caffe_weights
-
-        load_caffe_weights(model, path)
-        return
-    state = state_dict_from_file(path)
-    if all(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    if any(k.startswith(("features.", "classifier.")) for k in state):
-        state = _rename_torchvision(state)
-    load_state(model, state, path)
-
-
-def load_network(
-    name: str, weights: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
-) -> tuple[TappedNet, NetworkSpec, str]:
-    """The network ``name`` in eval mode with its weights; returns (model, spec, checksum).
-
-    ``weights`` None: the demo network is trained or taken from the cache;
-    the others keep random weights (with a warning: fine for benchmarks only).
-    """
-    spec = get_spec(name)
-    if name == "demo" and weights is None:
-        from .demo import trained_demo_network
-
-        model, checksum = trained_demo_network()
-    else:
-        model = spec.build()
-        if weights is None:
-            log.warning("%s: no weights given, using random weights", name)
-            checksum = "random"
-        else:
-            load_weights(model, weights)
-            checksum = file_sha256(weights)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.to(device), spec, checksum
+def state_dict_from_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict saved in a PyTorch file (also under a ``state_dict`` or ``model``
+    key; without the ``module.`` prefix of a model saved from DataParallel)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        raise WeightsError(f"{path}: not a PyTorch state dict ({exc})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise WeightsError(f"{path}: expected a state dict of tensors")
+    if all(k.startswith("module.") for k in obj):  # saved from DataParallel
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    return obj
 
 
 # -- a faster copy for gradients to the input (the PPGN sampler, training the generator) ---
@@ -499,8 +415,6 @@ def fast_copy(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
     values). Its mode and parameters' ``requires_grad`` are those of ``model``, which is
     untouched; its ``repr`` names the new modules (an architecture fingerprint taken
     from it differs)."""
-    import copy
-
     net = copy.deepcopy(model)
     for parent in net.modules():
         for name, child in list(parent.named_children()):

@@ -10,12 +10,16 @@ Pure image work (numpy and Pillow): the sampler hands over uint8 images.
 from __future__ import annotations
 
 import argparse
+import csv
+import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from common.files import atomic_path
 
 __all__ = ["grid", "save_jpeg", "photo_panel", "receptive_field", "practice_panels",
            "PRACTICE_GROUPS", "main", "JPEG_QUALITY"]
@@ -48,10 +52,8 @@ def save_jpeg(pixels: np.ndarray, path: str | Path, quality: int = JPEG_QUALITY,
     if min_cell and cell and cell < min_cell:
         factor = -(-min_cell // cell)
         image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="JPEG", quality=quality, optimize=True)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="JPEG", quality=quality, optimize=True)
 
 
 def receptive_field(model, tap: str, location: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -60,7 +62,7 @@ def receptive_field(model, tap: str, location: tuple[int, int]) -> tuple[int, in
     Walks the network's steps (convolutions and pools) up to the tap, clipped
     to the input.
     """
-    from torch import nn
+    from torch import nn  # the practice panels never need torch
 
     step = model.taps[tap]
     y0 = y1 = location[0]
@@ -137,14 +139,11 @@ def practice_panels(out: str | Path, *, photos: str | Path | None = None,
     """Practice panels and their listing ``practice.csv`` (``panel_id, path, label``).
 
     From ``photos``, a folder of ImageNet photos named ``<wnid>.jpg`` (one per class, as
-    ``../shared/data/imagenet-samples``): one panel per category of ``groups`` (default
+    the optional data folder's, :mod:`common.data`): one panel per category of ``groups`` (default
     :data:`PRACTICE_GROUPS`), ``per_panel`` photos drawn without replacement by ``seed``.
     Without ``photos``: real digits from scikit-learn's set, one panel per digit 0-5
     (for machines without the photos; the embedded default's own image kind).
     """
-    import csv
-    import random
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -153,7 +152,7 @@ def practice_panels(out: str | Path, *, photos: str | Path | None = None,
         folder = Path(photos)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such folder of photos")
-        from .images import imagenet_classes
+        from .images import imagenet_classes  # (which imports torch)
 
         wnids = imagenet_classes()[0]
         for label, indices in (groups or PRACTICE_GROUPS).items():
@@ -168,7 +167,7 @@ def practice_panels(out: str | Path, *, photos: str | Path | None = None,
             save_jpeg(photo_panel(chosen, rows, cols), out / f"{name}.jpg")
             made.append((name, f"{name}.jpg", label))
     else:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # a slow import, for this alone
 
         digits = load_digits()
         for digit in range(6):
@@ -182,17 +181,15 @@ def practice_panels(out: str | Path, *, photos: str | Path | None = None,
             save_jpeg(grid(np.stack(cells), rows, cols), out / f"{name}.jpg")
             made.append((name, f"{name}.jpg", str(digit)))
     listing = out / "practice.csv"
-    tmp = out / ".practice.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(listing) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["panel_id", "path", "label"])
         writer.writerows(made)
-    tmp.replace(listing)
     return listing
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m generator.panels",
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog or "python -m generator.panels",
                                      description="Make panels for practice trials.")
     sub = parser.add_subparsers(dest="command", required=True)
     photos = sub.add_parser("photos", help="a panel of real photos (default 4x5 = 20)")

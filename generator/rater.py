@@ -1,14 +1,14 @@
 """A simulated participant who looks at panels with an independent classifier.
 
-The demo study's simulated participants (``python -m server.simulate --rater
-generator.rater:demo_rater``) answer the study's question, "Can you identify
+The demo study's simulated participants (``selectivity simulate --rater
+generator.rater:demo_rater``, i.e. ``python -m experiment.simulate``) answer the study's question, "Can you identify
 multiple examples of an everyday object, place or animal?", from the panel image the
 server sends them, as a person would from what they see:
 
 1. The panel is cut into its tiles along the separating lines of the grid
    (:func:`split_grid`; 10x10 for AM panels, 4x5 for practice panels).
 2. Each tile is shown to a classifier that is not the network under study (the
-   demo's second classifier, :func:`generator.demo.trained_demo_network_b`). A tile
+   demo's independent classifier, :func:`generator.digits.trained_independent_network`). A tile
    counts as a recognisable example of class ``c`` only when all three hold:
 
    a. the classifier is confident: ``p_c >= confidence``;
@@ -37,7 +37,7 @@ class) and is cached by image content, so many participants cost one look per pa
 
 Why three checks, and (c) in pixel space. (a) and (b) are properties of one set of
 trained weights, and the weights differ between CPU kinds and thread counts (see
-:mod:`generator.demo`). With the default seed's weights trained on one machine (2
+:mod:`generator.digits`). With the default seed's weights trained on one machine (2
 threads, AVX-512) 35-43% of random-noise tiles are a confident "eight" that passes
 (b); on a 2-core AMD EPYC its own weights called 29% so; other weights 0-20%.
 (b) cannot see noise with any weights tried: the deep features of noise are weak
@@ -81,6 +81,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from .digits import (
+    DIGITS_MEAN,
+    DIGITS_SIZE,
+    DIGITS_STD,
+    load_digits_tensors,
+    trained_independent_network,
+)
+from .threads import use_available_cpus
 
 __all__ = ["Judgement", "ClassifierRater", "split_grid", "demo_rater", "DIGIT_WORDS"]
 
@@ -263,28 +272,19 @@ class ClassifierRater:
 
 def demo_rater(seed: int | None = None, cache_dir: str | None = None,
                **settings: Any) -> ClassifierRater:
-    """The demo study's rater: the demo's second classifier (another architecture and seed
-    than the network under study), with the real training digits as its idea of typical.
+    """The demo study's rater: the demo's independent classifier (another architecture and
+    seed than the network under study), with the real training digits as its idea of typical.
 
-    ``seed``: the second classifier's training seed (None: its default);
-    ``cache_dir``: where it is cached (None: :func:`generator.demo.cache_dir`);
+    ``seed``: the independent classifier's training seed (None: its default);
+    ``cache_dir``: where it is cached (None: :func:`common.files.cache_dir`);
     ``settings``: :class:`ClassifierRater`'s keywords."""
-    from .demo import (
-        DIGITS_MEAN,
-        DIGITS_SIZE,
-        DIGITS_STD,
-        load_digits_tensors,
-        trained_demo_network_b,
-    )
-    from .threads import use_available_cpus
-
-    # the process that loads the rater (server.simulate's) runs torch on the CPUs it may
+    # the process that loads the rater (experiment.simulate's) runs torch on the CPUs it may
     # use, as the command-line tools do, never on os.cpu_count()'s
     use_available_cpus()
     if seed is None:
-        classifier, _ = trained_demo_network_b(cache_dir=cache_dir)
+        classifier, _ = trained_independent_network(cache_dir=cache_dir)
     else:
-        classifier, _ = trained_demo_network_b(seed, cache_dir=cache_dir)
+        classifier, _ = trained_independent_network(seed, cache_dir=cache_dir)
 
     def to_input(tiles: list[np.ndarray]) -> torch.Tensor:
         rows = []

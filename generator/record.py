@@ -41,15 +41,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from analysis.activations import TableWriter, unit_chunk_width
+from common.files import atomic_path, atomic_write_text
 
 from .images import ImageSet, ImageSetError, collate, load_image_set
-from .networks import TappedNet, WeightsError, load_network
+from .loading import load_network
+from .networks import TappedNet, WeightsError
 from .threads import available_cpus, torch_threads, use_available_cpus
 
 __all__ = ["record", "join_segments", "reduce_activation", "RecordError", "JoinInProgress", "main",
            "DEFAULT_LAYERS"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("generator.record")  # the same name under python -m
 
 DEFAULT_LAYERS = ("conv5", "fc6", "fc7", "fc8", "prob")
 REDUCTIONS = ("max", "mean")
@@ -108,9 +110,7 @@ def _check_manifest(parts: Path, plan: Plan) -> None:
             )
     else:
         parts.mkdir(parents=True, exist_ok=True)
-        tmp = manifest.with_suffix(".json.tmp")
-        tmp.write_text(plan.to_json())
-        os.replace(tmp, manifest)
+        atomic_write_text(manifest, plan.to_json())
 
 
 def _segment_batches(segments: Sequence[int], seg_size: int, n_inputs: int, batch: int):
@@ -131,9 +131,8 @@ class _SegmentBuffer:
 
     def write(self, path: Path, image_set: ImageSet, layer_units: dict[str, int],
               layer_attrs: dict, attrs: dict) -> int:
-        tmp = path.with_name(f".{path.name}.tmp")
         n = sum(len(r["index"]) for r in self.rows)
-        with TableWriter(
+        with atomic_path(path) as tmp, TableWriter(
             tmp, image_set.class_names, layer_units, n_images=max(n, 1),
             attrs=attrs | {"segment": self.k, "first_input": self.start,
                            "stop_input": self.stop,
@@ -148,7 +147,6 @@ class _SegmentBuffer:
                     extra={"image_paths": [image_set.paths[i] for i in idx],
                            "predictions": r["pred"], "input_index": idx},
                 )
-        os.replace(tmp, path)
         return n
 
 
@@ -355,31 +353,30 @@ def _join(out: Path, parts: Path, plan: dict, files: list[Path], mode: str) -> P
         units = {name: first["layers"][name].shape[1] for name in layer_order}
         copy = mode == "copy" or (
             mode == "auto" and total * sum(units.values()) * 4 <= COPY_LIMIT_BYTES)
-        tmp = out.with_name(f".{out.name}.tmp")
         class_names = [v.decode() if isinstance(v, bytes) else v for v in first["class_names"]]
         attrs = {k: v for k, v in first.attrs.items()
                  if k not in ("segment", "first_input", "stop_input", "skipped", "complete")}
         layer_attrs = {n: dict(first["layers"][n].attrs) for n in layer_order}
         skipped = [tuple(item) for s in segs for item in json.loads(s.attrs["skipped"])]
-        if copy:
-            _join_copy(tmp, segs, class_names, units, attrs, layer_attrs, total)
-        else:
-            _join_virtual(tmp, segs, files, out, class_names, layer_order, units, attrs,
-                          layer_attrs, rows)
-        with h5py.File(tmp, "a") as f:
-            string = h5py.string_dtype("utf-8")
-            for name, column in (("skipped_images", 1), ("skipped_errors", 2)):
-                f.create_dataset(name, data=np.array([item[column] for item in skipped],
-                                                     dtype=object), dtype=string)
-            f.attrs["n_inputs"] = plan["n_inputs"]
-            f.attrs["n_skipped"] = len(skipped)
-            f.attrs["n_kept"] = total
-            f.attrs["joined"] = "copy" if copy else "virtual"
-            f.attrs["complete"] = True
+        with atomic_path(out) as tmp:
+            if copy:
+                _join_copy(tmp, segs, class_names, units, attrs, layer_attrs, total)
+            else:
+                _join_virtual(tmp, segs, files, out, class_names, layer_order, units, attrs,
+                              layer_attrs, rows)
+            with h5py.File(tmp, "a") as f:
+                string = h5py.string_dtype("utf-8")
+                for name, column in (("skipped_images", 1), ("skipped_errors", 2)):
+                    f.create_dataset(name, data=np.array([item[column] for item in skipped],
+                                                         dtype=object), dtype=string)
+                f.attrs["n_inputs"] = plan["n_inputs"]
+                f.attrs["n_skipped"] = len(skipped)
+                f.attrs["n_kept"] = total
+                f.attrs["joined"] = "copy" if copy else "virtual"
+                f.attrs["complete"] = True
     finally:
         for s in segs:
             s.close()
-    os.replace(tmp, out)
     if copy:
         for f in files:
             f.unlink()
@@ -436,14 +433,14 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
     if text is None:
         rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
         return (int(rank), int(world)) if rank and world else (0, 1)
-    from analysis.selectivity import parse_shard
+    from analysis.selectivity import parse_shard  # pandas: a slow import for this alone
 
     return parse_shard(text)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m generator.record",
+        prog=prog or "python -m generator.record",
         description="Record a network's activations over a labelled image set into an "
                     "activation table (docs/activation-table.md). Interrupted runs go on where they "
                     "stopped when run again with the same arguments.",

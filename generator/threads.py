@@ -6,7 +6,7 @@ every operation, and a thread that is not running holds up the rest): on a 2-cor
 machine with other CPU-bound work running, a PPGN sampler step took 5-20x longer with 2
 threads than with 1, and training the demo network 4x longer. So:
 
-* command-line tools (``generator.record``, ``generator.ppgn`` outside its sampler)
+* command-line tools (``generator.record``, ``generator.ppgn`` outside the sampler)
   use as many intra-op threads as the process has CPUs
   (:func:`common.cpus.available_cpus`: the affinity mask, the cgroup quota and
   ``$SELECTIVITY_CPUS``), never ``os.cpu_count()`` (:func:`use_available_cpus`);
@@ -23,7 +23,7 @@ threads than with 1, and training the demo network 4x longer. So:
   the CPU count and training never oversubscribes. The demo generator and its AM
   measurement still use the CPUs: each batch is cut into a fixed number of parts
   computed in parallel threads and summed in a fixed order
-  (:func:`generator.demo_generator.train_demo_generator`), the same bits on 1 CPU or 2.
+  (:func:`generator.digits_generator.train_demo_generator`), the same bits on 1 CPU or 2.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from generator.caffe import (
     read_caffemodel,
     write_caffemodel,
 )
-from generator.networks import TappedNet, WeightsError, caffenet, load_weights
+from generator.loading import load_weights
+from generator.networks import TappedNet, WeightsError, caffenet
 
 # -- a tiny CaffeNet: the same layer names and kinds, a grouped conv, ceil-mode pools ------
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from common.files import sha256_file
 from generator.caffe import write_caffemodel
 from generator.deepsim import (
     CAFFE_MEAN,
@@ -22,7 +23,7 @@ from generator.deepsim import (
     load_generator,
     to_pixels,
 )
-from generator.networks import CAFFE_PREPROCESSING, WeightsError, file_sha256
+from generator.networks import CAFFE_PREPROCESSING, WeightsError
 
 # -- docs/networks.md, written out: output shape of every layer for one code ---------------------
 
@@ -203,7 +204,7 @@ def test_caffemodel_import_puts_every_blob_in_place(tmp_path, fmt):
     write_caffemodel(path, blobs, legacy=legacy, packed=packed, legacy_shapes=legacy_shapes,
                      types=caffe_types(legacy))
     model, checksum = load_generator(path, **TINY)
-    assert checksum == file_sha256(path)
+    assert checksum == sha256_file(path)
     assert not model.training
     assert not any(p.requires_grad for p in model.parameters())
     for name, (weight, bias) in blobs.items():
@@ -281,7 +282,7 @@ def test_state_dict_round_trip_and_errors(tmp_path):
     path = tmp_path / "g.pt"
     torch.save(source.state_dict(), path)
     model, checksum = load_generator(path, **TINY)
-    assert checksum == file_sha256(path)
+    assert checksum == sha256_file(path)
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
 

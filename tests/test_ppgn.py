@@ -1,5 +1,6 @@
-"""The PPGN sampler: one step against a hand computation, batch independence, resume,
-the conv schedule, receptive fields and panels."""
+"""The PPGN sampler (generator/sampler.py) and its runs (generator/ppgn.py): one step
+against a hand computation, batch independence, resume, the conv schedule, receptive
+fields and panels."""
 
 import copy
 import json
@@ -15,16 +16,8 @@ from generator import ppgn
 from generator.networks import TappedNet, caffenet
 from generator.panels import grid, photo_panel, receptive_field
 from generator.panels import main as panels_main
-from generator.ppgn import (
-    Models,
-    Sampler,
-    Settings,
-    Target,
-    generate,
-    parse_units,
-    ppgn_update,
-    settings_for,
-)
+from generator.ppgn import Models, generate, parse_units
+from generator.sampler import Batch, Sampler, Settings, Target, ppgn_update, settings_for
 
 
 def tiny_models(seed=0):
@@ -143,6 +136,21 @@ def test_generate_resumes_per_unit_to_the_same_files(tmp_path, monkeypatch):
     assert Image.open(tmp_path / "whole" / info["path"]).format == "JPEG"
 
 
+def test_an_independent_classifier_judges_the_images_too(tmp_path):
+    _, net, models = tiny_models()
+    models.independent = copy.deepcopy(net)  # the same function: the same verdicts
+    models.ids = {"independent_sha256": "c" * 64}
+    manifest = generate(models, "fc8", [0, 1], tmp_path, images_per_unit=4,
+                        settings=Settings(steps=3), progress=False)
+    for unit in (0, 1):
+        info = json.loads((tmp_path / "units" / f"fc8_{unit:04d}.json").read_text())
+        assert info["independent_target_share"] == info["target_share"]
+    header = manifest.read_text().splitlines()[0].split(",")
+    assert header == ppgn.MANIFEST_COLUMNS and "independent_target_share" in header
+    settings = json.loads((tmp_path / "settings_fc8.json").read_text())
+    assert settings["independent_sha256"] == "c" * 64
+
+
 def test_other_settings_in_the_same_folder_are_refused(tmp_path):
     *_, models = tiny_models()
     generate(models, "fc8", [0], tmp_path, images_per_unit=1, settings=Settings(steps=2),
@@ -227,8 +235,8 @@ def test_the_layers_manifests_are_combined(tmp_path):
 
 
 def test_batch_independence_holds_for_the_demo_pair_conv_lrn_and_transposed_convs():
-    from generator.demo import demo_network
-    from generator.demo_generator import demo_generator
+    from generator.digits import demo_network
+    from generator.digits_generator import demo_generator
 
     torch.manual_seed(3)  # weights do not matter here, the arithmetic does
     net, gen = demo_network().eval(), demo_generator().eval()
@@ -251,8 +259,8 @@ def test_batch_independence_holds_for_the_demo_pair_conv_lrn_and_transposed_conv
 def test_a_step_with_the_prepared_demo_pair_is_the_same_step():
     """load_models' channels-last copies with the faster LRN and first convolution compute
     the same update, up to float32 rounding."""
-    from generator.demo import demo_network
-    from generator.demo_generator import demo_generator
+    from generator.digits import demo_network
+    from generator.digits_generator import demo_generator
 
     torch.manual_seed(5)
     net, gen = demo_network().eval(), demo_generator().eval()
@@ -367,8 +375,8 @@ def test_cli_workers_follow_the_available_cpus(tmp_path, cli_tiny_models, monkey
 
 
 def test_the_images_do_not_depend_on_the_number_of_workers(tmp_path):
-    from generator.demo import demo_network
-    from generator.demo_generator import demo_generator
+    from generator.digits import demo_network
+    from generator.digits_generator import demo_generator
 
     torch.manual_seed(3)  # weights do not matter here, the arithmetic does
     gen, net = ppgn._for_sampling(demo_generator(), demo_network(), "cpu")
@@ -388,7 +396,7 @@ def test_the_images_do_not_depend_on_the_number_of_workers(tmp_path):
 @pytest.mark.parametrize("d", [32, 20])  # a code size that is not a multiple of 16 too
 def test_noise_drawn_ahead_is_the_stream_of_one_draw_per_step(d):
     rngs = [torch.Generator().manual_seed(s) for s in (1, 2)]
-    batch = ppgn.Batch(torch.zeros(2, d), torch.zeros(2), torch.zeros(2), rngs)
+    batch = Batch(torch.zeros(2, d), torch.zeros(2), torch.zeros(2), rngs)
     batch.plan_noise(5)
     ahead = torch.stack([batch.standard_normal() for _ in range(7)])  # 5, then 2 more
     again = [torch.Generator().manual_seed(s) for s in (1, 2)]
@@ -401,7 +409,7 @@ def test_noise_drawn_ahead_is_the_stream_of_one_draw_per_step(d):
 
 
 def test_gradient_copy_computes_the_same_function_faster():
-    from generator.demo import demo_network
+    from generator.digits import demo_network
     from generator.networks import (
         FastLocalResponseNorm,
         OneChannelConv2d,

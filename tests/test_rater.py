@@ -1,7 +1,7 @@
 """The classifier-based simulated rater (generator/rater.py): tiles, judgements, answers.
 
-The demo's second classifier is trained on first use, and its weights differ between
-CPU kinds (generator/demo.py): the tests that use it assert properties that any
+The demo's independent classifier is trained on first use, and its weights differ between
+CPU kinds (generator/digits.py): the tests that use it assert properties that any
 reasonably trained instance has, with bounds taken from what the property means (the
 participants' criteria, the checks' calibration), not from one set of weights; the
 slow test checks them for three training seeds.
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from generator.demo import load_digits_raw
+from generator.digits import load_digits_raw
 from generator.panels import grid
 from generator.rater import DIGIT_WORDS, ClassifierRater, demo_rater, split_grid
 

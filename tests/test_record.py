@@ -11,7 +11,8 @@ import torch
 from analysis.activations import open_table
 from generator import record as rec
 from generator.images import ImageSetError, imagenet_classes, load_image_set
-from generator.networks import CAFFE_PREPROCESSING, load_network
+from generator.loading import load_network
+from generator.networks import CAFFE_PREPROCESSING
 from generator.record import RecordError, main, record, reduce_activation
 
 

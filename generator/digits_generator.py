@@ -2,7 +2,7 @@
 
 G inverts the demo network's ``fc6`` code (post-ReLU, 128-d; the sampler keeps
 h in [0, 30]) into a 1x32x32 image in the demo network's input space (normalised
-as :func:`generator.demo.load_digits_tensors` gives). It is DeePSiM's fc6
+as :func:`generator.digits.load_digits_tensors` gives). It is DeePSiM's fc6
 generator in miniature: fc 128 -> 256 -> 1024, reshape 64x4x4, three transposed
 convolutions 4/2/1 (4 -> 8 -> 16 -> 32), leaky ReLU 0.3 after every layer but
 the last; the last is squashed by a sigmoid onto [:data:`OUTPUT_LOW`,
@@ -36,14 +36,12 @@ weights, or for another architecture, is trained again).
 :func:`evaluate_am` measures what the PPGN sampler will need: activation
 maximisation of the 10 ``fc8`` units with a minimal noiseless PPGN-h update,
 and the share of the final images that the demo network and an independent
-second classifier assign to the target class.
+second classifier (``second_network``, by default
+:func:`generator.digits.trained_independent_network`) assign to the target class.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import os
 import time
@@ -53,10 +51,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import demo
-from .demo import DIGITS_MEAN, DIGITS_SIZE, DIGITS_STD, SPLIT_SEED, load_digits_tensors
+from common.files import cache_dir
+
+from . import digits
+from .digits import DIGITS_MEAN, DIGITS_SIZE, DIGITS_STD, SPLIT_SEED, load_digits_tensors
 from .networks import TappedNet, WeightsError, gradient_copy
-from .threads import TRAINING_THREADS, available_cpus, worker_pool
+from .threads import TRAINING_THREADS, available_cpus, torch_threads, worker_pool
 
 __all__ = [
     "CODE_SIZE",
@@ -208,7 +208,7 @@ def train_demo_generator(
     """Train G on the digits' training split; returns (G in eval mode, metrics).
 
     ``network``: the classifier whose fc6 G inverts (default
-    :func:`generator.demo.trained_demo_network`); it is copied and frozen.
+    :func:`generator.digits.trained_demo_network`); it is copied and frozen.
     Each step takes ``batch_size`` randomly shifted training images x, their codes
     h = E(x), and replaces a ``perturbed_share`` of the codes with perturbed ones
     (noise level ``noise``); loss = image MSE + ``feature_weight`` * fc6 MSE
@@ -226,12 +226,12 @@ def train_demo_generator(
     identical weights. The metrics hold the held-out reconstruction figures
     (:func:`evaluate_reconstruction`) and, unless ``am_chains_per_class`` is 0,
     those of :func:`evaluate_am` with its defaults (``second_network``: default
-    :func:`generator.demo.trained_demo_network_b`; never used in training).
+    :func:`generator.digits.trained_independent_network`; never used in training).
     """
     seed = int(seed)
     network_sha = None
     if network is None:
-        network, network_sha = demo.trained_demo_network()
+        network, network_sha = digits.trained_demo_network()
     train_x, _ = load_digits_tensors("train", split_seed)
     test_x, test_y = load_digits_tensors("test", split_seed)
 
@@ -242,7 +242,7 @@ def train_demo_generator(
              for i in range(batch_parts)]
 
     start = time.perf_counter()
-    with demo.deterministic(threads), worker_pool(workers, threads) as pool:
+    with digits.deterministic(threads), worker_pool(workers, threads) as pool:
         torch.manual_seed(seed)  # initial weights
         rng = torch.Generator().manual_seed(seed)  # batches, shifts, perturbations
         enc = gradient_copy(network)
@@ -262,7 +262,7 @@ def train_demo_generator(
                 order, pos = torch.randperm(len(train_x), generator=rng), 0
             idx = order[pos:pos + batch_size]
             pos += batch_size
-            x = demo._random_shifts(train_x[idx], max_shift, rng)
+            x = digits.random_shifts(train_x[idx], max_shift, rng)
             h = torch.cat(list(pool.map(lambda rows, x=x: _code_of(enc, x[rows]), parts)))
             h_in = h.clone()
             if n_pert:
@@ -323,7 +323,7 @@ def train_demo_generator(
         am = None
         if am_chains_per_class > 0:
             if second_network is None:
-                second_network, _ = demo.trained_demo_network_b()
+                second_network, _ = digits.trained_independent_network()
             # a frozen channels-last copy of G: the same function, faster gradients to h
             am = evaluate_am(gradient_copy(gen), enc, second_network,
                              chains_per_class=am_chains_per_class,
@@ -340,7 +340,7 @@ def train_demo_generator(
         "held_out_reconstruction_accuracy": recon["accuracy"],
         "held_out_image_mse": recon["image_mse"], "held_out_code_rel_mse": recon["code_rel_mse"],
         "n_train": len(train_x), "n_test": len(test_x), "torch_version": torch.__version__,
-        "architecture": demo.architecture_id(gen), "network_sha256": network_sha, "am": am,
+        "architecture": digits.architecture_id(gen), "network_sha256": network_sha, "am": am,
     }
     log.info("demo generator (seed %d): held-out reconstructions %.2f%% right after %d steps "
              "in %.1f s", seed, 100 * recon["accuracy"], steps, seconds)
@@ -351,7 +351,7 @@ def train_demo_generator(
     return gen, metrics
 
 
-# -- activation maximisation (a measurement; the sampler proper is generator.ppgn) ----------
+# -- activation maximisation (a measurement; the sampler proper is generator.sampler) -------
 
 
 def _code_marginals(network: TappedNet, split_seed: int = SPLIT_SEED) -> torch.Tensor:
@@ -365,7 +365,7 @@ def _within_class_distance(images: torch.Tensor, per_class: int) -> float:
     """Mean RMS pixel difference (pixels in [0, 1]) between two images of the same class."""
     if per_class < 2:
         return float("nan")
-    unit = demo.to_unit_range(images).reshape(-1, per_class, images[0].numel())
+    unit = digits.to_unit_range(images).reshape(-1, per_class, images[0].numel())
     d = torch.cdist(unit, unit) / images[0].numel() ** 0.5  # (classes, k, k)
     return float(d.sum() / (d.shape[0] * per_class * (per_class - 1)))
 
@@ -412,11 +412,9 @@ def evaluate_am(
     rows ``k * chains_per_class ...``). The caller's modes, torch random
     state and thread count are kept.
     """
-    from .threads import torch_threads
-
     if init not in _INITS:
         raise ValueError(f"init must be one of {_INITS}, not {init!r}")
-    n_classes = len(demo.DIGIT_CLASS_NAMES)
+    n_classes = len(digits.DIGIT_CLASS_NAMES)
     nets = (generator, network, second_network)
     modes = [m.training for m in nets]
     start = time.perf_counter()
@@ -475,14 +473,14 @@ def evaluate_am(
 
 def cached_generator_path(seed: int = 0, root: str | os.PathLike | None = None) -> Path:
     """Where a trained demo generator is cached: ``<root>/demo/demo_generator_seed<seed>.pt``."""
-    return Path(root if root is not None else demo.cache_dir()) / "demo" / f"demo_generator_seed{int(seed)}.pt"
+    return Path(root if root is not None else cache_dir()) / "demo" / f"demo_generator_seed{int(seed)}.pt"
 
 
 def _load_cached(path: Path, network_sha: str) -> tuple[DemoGenerator, str]:
     # trained against other weights, or with another thread count or split: train again
-    return demo.load_cached(path, demo_generator, {"network_sha256": network_sha,
-                                                   "threads": TRAINING_THREADS,
-                                                   "batch_parts": 2})
+    return digits.load_cached(path, demo_generator, {"network_sha256": network_sha,
+                                                     "threads": TRAINING_THREADS,
+                                                     "batch_parts": 2})
 
 
 def trained_demo_generator(seed: int = 0, cache_dir: str | os.PathLike | None = None, *,
@@ -491,33 +489,27 @@ def trained_demo_generator(seed: int = 0, cache_dir: str | os.PathLike | None = 
     """The trained demo generator in eval mode and the sha256 of its cached weights file.
 
     Trains on first use (:func:`train_demo_generator`, against
-    :func:`generator.demo.trained_demo_network` from the same ``cache_dir``)
+    :func:`generator.digits.trained_demo_network` from the same ``cache_dir``)
     and caches the state dict and a JSON of the training figures; later calls
-    load the cache. ``cache_dir`` None: :func:`generator.demo.cache_dir`.
+    load the cache. ``cache_dir`` None: :func:`common.files.cache_dir`.
     ``network``: that network and the sha256 of its weights, when the caller has
     loaded them already.
     """
     path = cached_generator_path(seed, cache_dir)
-    network, network_sha = network or demo.trained_demo_network(cache_dir=cache_dir)
+    network, network_sha = network or digits.trained_demo_network(cache_dir=cache_dir)
     if path.exists():
         try:
             model, checksum = _load_cached(path, network_sha)
         except WeightsError as exc:
             log.warning("demo generator: cached weights unusable, training again: %s", exc)
         else:
-            accuracy = demo.read_metrics(path).get("held_out_reconstruction_accuracy", float("nan"))
+            accuracy = digits.read_metrics(path).get("held_out_reconstruction_accuracy", float("nan"))
             log.info("demo generator (seed %d): loaded cached weights %s (held-out "
                      "reconstructions %.2f%% right)", seed, path, 100 * accuracy)
             return model.eval(), checksum
     log.info("demo generator (seed %d): no cached weights, training (cached at %s)", seed, path)
-    second, _ = demo.trained_demo_network_b(cache_dir=cache_dir)
-    model, metrics = train_demo_generator(seed, network=network, second_network=second)
+    independent, _ = digits.trained_independent_network(cache_dir=cache_dir)
+    model, metrics = train_demo_generator(seed, network=network, second_network=independent)
     metrics["network_sha256"] = network_sha
-    metrics["trained_on"] = demo.training_environment(metrics.get("threads"))
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    blob = buffer.getvalue()
-    demo.atomic_write_bytes(path.with_suffix(".json"),
-                            (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
-    demo.atomic_write_bytes(path, blob)
-    return model.eval(), hashlib.sha256(blob).hexdigest()
+    metrics["trained_on"] = digits.training_environment(metrics.get("threads"))
+    return model.eval(), digits.save_cached(path, model, metrics)

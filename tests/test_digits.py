@@ -1,5 +1,6 @@
-"""The embedded demo: digits data and split, the two classifiers' taps, their
-accuracy, deterministic training, the weights cache and the file preprocessing."""
+"""The embedded demo (generator/digits.py): digits data and split, the demo network's
+and the independent classifier's taps, their accuracy, deterministic training, the
+weights cache and the file preprocessing."""
 
 import hashlib
 import json
@@ -11,24 +12,25 @@ import pytest
 import torch
 from PIL import Image
 
-from generator import demo
-from generator.demo import (
+from common import files
+from generator import digits
+from generator.digits import (
     DEMO_PREPROCESSING,
     DIGIT_CLASS_NAMES,
     DIGITS_MEAN,
     DIGITS_STD,
     cached_weights_path,
     demo_network,
-    demo_network_b,
     evaluate,
+    independent_network,
     load_digits_raw,
     load_digits_tensors,
     to_pil_image,
     train_demo_network,
     trained_demo_network,
-    trained_demo_network_b,
+    trained_independent_network,
 )
-from generator.networks import get_spec, load_network
+from generator.loading import get_spec, load_network
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +46,7 @@ def net_a():
 
 @pytest.fixture(scope="session")
 def net_b():
-    return trained_demo_network_b()
+    return trained_independent_network()
 
 
 def cheap_training(**kwargs):
@@ -105,10 +107,10 @@ def test_tap_names_and_shapes():
         "fc6:pre": (128,), "fc6": (128,), "fc7:pre": (128,), "fc7": (128,),
         "fc8": (10,), "prob": (10,),
     }
-    b = demo_network_b().layer_shapes()
+    b = independent_network().layer_shapes()
     assert list(b) == list(a)
     assert b["conv5"] == (24, 8, 8) and b["fc6"] == (96,) and b["fc8"] == (10,)
-    assert demo_network().input_shape == demo_network_b().input_shape == (1, 32, 32)
+    assert demo_network().input_shape == independent_network().input_shape == (1, 32, 32)
 
 
 def test_taps_read_before_and_after_relu():
@@ -137,7 +139,7 @@ def test_held_out_accuracy(net_a, held_out):
     assert evaluate(model, *held_out) >= 0.97
 
 
-def test_second_classifier_accuracy(net_a, net_b, held_out):
+def test_independent_classifier_accuracy(net_a, net_b, held_out):
     model_b, checksum_b = net_b
     assert evaluate(model_b, *held_out) >= 0.95
     assert checksum_b != net_a[1]
@@ -155,8 +157,8 @@ def test_the_cache_is_used_the_second_time(net_a, monkeypatch, caplog):
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(demo, "train_demo_network", no_training)
-    with caplog.at_level(logging.INFO, logger="generator.demo"):
+    monkeypatch.setattr(digits, "train_demo_network", no_training)
+    with caplog.at_level(logging.INFO, logger="generator.digits"):
         again, checksum2 = trained_demo_network()
     assert checksum2 == checksum and "loaded cached weights" in caplog.text
     for key, value in model.state_dict().items():
@@ -167,8 +169,8 @@ def test_the_cache_is_used_the_second_time(net_a, monkeypatch, caplog):
 
 
 def test_cache_round_trip_in_a_fresh_folder(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(demo, "train_demo_network", cheap_training())
-    with caplog.at_level(logging.INFO, logger="generator.demo"):
+    monkeypatch.setattr(digits, "train_demo_network", cheap_training())
+    with caplog.at_level(logging.INFO, logger="generator.digits"):
         first, checksum = trained_demo_network(seed=5, cache_dir=tmp_path)
     assert "training" in caplog.text
     path = tmp_path / "demo" / "demo_net_seed5.pt"
@@ -178,9 +180,9 @@ def test_cache_round_trip_in_a_fresh_folder(tmp_path, monkeypatch, caplog):
     assert {"held_out_accuracy", "seconds", "torch_version", "architecture"} <= set(metrics)
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
-    monkeypatch.setattr(demo, "train_demo_network", None)  # a second training would fail
+    monkeypatch.setattr(digits, "train_demo_network", None)  # a second training would fail
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="generator.demo"):
+    with caplog.at_level(logging.INFO, logger="generator.digits"):
         second, checksum2 = trained_demo_network(seed=5, cache_dir=tmp_path)
     assert checksum2 == checksum and "loaded cached weights" in caplog.text
     for key, value in first.state_dict().items():
@@ -189,11 +191,11 @@ def test_cache_round_trip_in_a_fresh_folder(tmp_path, monkeypatch, caplog):
 
 def test_the_cache_records_what_trained_the_network(tmp_path, monkeypatch):
     """Training is deterministic per machine, not across CPU kinds: the JSON says which."""
-    monkeypatch.setattr(demo, "train_demo_network", cheap_training())
+    monkeypatch.setattr(digits, "train_demo_network", cheap_training())
     trained_demo_network(seed=6, cache_dir=tmp_path)
     metrics = json.loads((tmp_path / "demo" / "demo_net_seed6.json").read_text())
     env = metrics["trained_on"]
-    assert env == {**demo.training_environment(metrics["threads"]), "threads": env["threads"]}
+    assert env == {**digits.training_environment(metrics["threads"]), "threads": env["threads"]}
     assert env["torch_version"] == torch.__version__
     assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert env["machine"] and env["python_version"] and env["numpy_version"] == np.__version__
@@ -207,18 +209,18 @@ def test_cpuinfo_parsing(tmp_path):
     info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n"
                     "flags\t\t: fpu sse4_2 avx avx2 fma bmi2\n\n"
                     "processor\t: 1\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu\n")
-    assert demo._cpuinfo(info) == ("AMD EPYC 7B13", ["sse4_2", "avx", "avx2", "fma"])
-    assert demo._cpuinfo(tmp_path / "missing") == (None, None)
+    assert digits._cpuinfo(info) == ("AMD EPYC 7B13", ["sse4_2", "avx", "avx2", "fma"])
+    assert digits._cpuinfo(tmp_path / "missing") == (None, None)
 
 
 def test_an_old_cache_without_the_training_environment_still_loads(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "train_demo_network", cheap_training())
-    first, checksum = trained_demo_network_b(seed=4, cache_dir=tmp_path)
+    monkeypatch.setattr(digits, "train_demo_network", cheap_training())
+    first, checksum = trained_independent_network(seed=4, cache_dir=tmp_path)
     meta = tmp_path / "demo" / "demo_net_b_seed4.json"
     old = {k: v for k, v in json.loads(meta.read_text()).items() if k != "trained_on"}
     meta.write_text(json.dumps(old))  # as written before the key existed
-    monkeypatch.setattr(demo, "train_demo_network", None)  # a second training would fail
-    again, checksum2 = trained_demo_network_b(seed=4, cache_dir=tmp_path)
+    monkeypatch.setattr(digits, "train_demo_network", None)  # a second training would fail
+    again, checksum2 = trained_independent_network(seed=4, cache_dir=tmp_path)
     assert checksum2 == checksum
     assert all(torch.equal(again.state_dict()[k], v) for k, v in first.state_dict().items())
     assert "trained_on" not in json.loads(meta.read_text())  # loading does not rewrite it
@@ -226,26 +228,26 @@ def test_an_old_cache_without_the_training_environment_still_loads(tmp_path, mon
 
 def test_environment_variable_moves_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SELECTIVITY_CACHE", str(tmp_path))
-    assert demo.cache_dir() == tmp_path
+    assert files.cache_dir() == tmp_path
     assert cached_weights_path("a", 3) == tmp_path / "demo" / "demo_net_seed3.pt"
     monkeypatch.delenv("SELECTIVITY_CACHE")
-    assert demo.cache_dir().name == ".cache"
-    assert (demo.cache_dir().parent / "generator" / "demo.py").exists()
+    assert files.cache_dir().name == ".cache"
+    assert (files.cache_dir().parent / "generator" / "digits.py").exists()
 
 
 @pytest.mark.parametrize("bad", [b"not a state dict", "architecture"])
 def test_an_unusable_cache_is_trained_again(tmp_path, monkeypatch, caplog, bad):
-    monkeypatch.setattr(demo, "train_demo_network", cheap_training())
+    monkeypatch.setattr(digits, "train_demo_network", cheap_training())
     path = tmp_path / "demo" / "demo_net_b_seed1.pt"
     if bad == "architecture":
-        trained_demo_network_b(cache_dir=tmp_path)
+        trained_independent_network(cache_dir=tmp_path)
         meta = path.with_suffix(".json")
         meta.write_text(json.dumps({**json.loads(meta.read_text()), "architecture": "other"}))
     else:
         path.parent.mkdir(parents=True)
         path.write_bytes(bad)
-    with caplog.at_level(logging.WARNING, logger="generator.demo"):
-        model, checksum = trained_demo_network_b(cache_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="generator.digits"):
+        model, checksum = trained_independent_network(cache_dir=tmp_path)
     assert "training again" in caplog.text
     assert checksum == hashlib.sha256(path.read_bytes()).hexdigest()
 

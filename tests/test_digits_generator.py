@@ -1,4 +1,4 @@
-"""The embedded default's PPGN generator: output shape and range, reconstructions the
+"""The embedded default's PPGN generator (generator/digits_generator.py): output shape and range, reconstructions the
 demo network recognises, deterministic training, the cache, the AM measurement."""
 
 import hashlib
@@ -8,9 +8,9 @@ import logging
 import pytest
 import torch
 
-from generator import demo, demo_generator
-from generator.demo import demo_network, load_digits_tensors, trained_demo_network
-from generator.demo_generator import (
+from generator import digits, digits_generator
+from generator.digits import demo_network, load_digits_tensors, trained_demo_network
+from generator.digits_generator import (
     CODE_MAX,
     CODE_SIZE,
     OUTPUT_HIGH,
@@ -49,7 +49,7 @@ def cheap_training(**kwargs):
 
 def test_output_shape_and_range():
     torch.manual_seed(0)
-    g = demo_generator.demo_generator().eval()
+    g = digits_generator.demo_generator().eval()
     codes = torch.cat([torch.zeros(1, CODE_SIZE), torch.full((1, CODE_SIZE), CODE_MAX),
                        torch.rand(6, CODE_SIZE) * CODE_MAX, 1e4 * torch.randn(2, CODE_SIZE)])
     with torch.no_grad():
@@ -90,7 +90,7 @@ def test_reconstructions_of_held_out_digits_are_recognised(gen, net_a):
 
 def test_am_measurement_runs_and_restores_the_caller(gen, net_a):
     (g, _), (net, _) = gen, net_a
-    second = demo_network_b_untrained()
+    second = independent_network_untrained()
     state = torch.random.get_rng_state()
     threads = torch.get_num_threads()
     result = evaluate_am(g, net, second, steps=3, chains_per_class=2, seed=1)
@@ -106,16 +106,16 @@ def test_am_measurement_runs_and_restores_the_caller(gen, net_a):
         evaluate_am(g, net, second, steps=1, chains_per_class=1, init="gaussian")
 
 
-def demo_network_b_untrained():
+def independent_network_untrained():
     torch.manual_seed(0)
-    return demo.demo_network_b().train()
+    return digits.independent_network().train()
 
 
 @pytest.mark.slow
 def test_am_images_are_recognised_by_both_classifiers(gen, net_a):
     """The acceptance figures, on a quarter of the chains (the full run: ~20 s)."""
     (g, _), (net, _) = gen, net_a
-    second, _ = demo.trained_demo_network_b()
+    second, _ = digits.trained_independent_network()
     result = evaluate_am(g, net, second, steps=200, chains_per_class=5, eps1=1e-5, lr=1.0)
     assert result["agreement"] >= 0.95
     assert result["agreement_second"] >= 0.6
@@ -157,7 +157,7 @@ def test_the_weights_do_not_depend_on_how_many_parts_run_at_once():
     a, b = one.state_dict(), two.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert metrics["batch_parts"] == 2 and metrics["threads"] == 1
-    second = demo_network_b_untrained()
+    second = independent_network_untrained()
     am = [evaluate_am(one, net, second, steps=2, chains_per_class=3, workers=w)["images"]
           for w in (1, 2)]
     assert torch.equal(am[0], am[1])
@@ -180,8 +180,8 @@ def test_the_cache_is_used_the_second_time(gen, monkeypatch, caplog):
     def no_training(*args, **kwargs):
         raise AssertionError("the cached generator should have been loaded")
 
-    monkeypatch.setattr(demo_generator, "train_demo_generator", no_training)
-    with caplog.at_level(logging.INFO, logger="generator.demo_generator"):
+    monkeypatch.setattr(digits_generator, "train_demo_generator", no_training)
+    with caplog.at_level(logging.INFO, logger="generator.digits_generator"):
         g2, checksum2 = trained_demo_generator()
     assert checksum2 == checksum and "loaded cached weights" in caplog.text
     assert not g2.training
@@ -189,24 +189,26 @@ def test_the_cache_is_used_the_second_time(gen, monkeypatch, caplog):
 
 @pytest.fixture
 def fake_network(monkeypatch):
-    """demo.trained_demo_network replaced by an untrained network with a settable checksum."""
+    """digits.trained_demo_network replaced by an untrained network with a settable checksum."""
     torch.manual_seed(0)
     net = demo_network().eval()
     current = {"sha": "a" * 64}
-    monkeypatch.setattr(demo, "trained_demo_network", lambda seed=0, cache_dir=None: (net, current["sha"]))
-    monkeypatch.setattr(demo, "trained_demo_network_b", lambda seed=1, cache_dir=None: (net, "c" * 64))
+    monkeypatch.setattr(digits, "trained_demo_network",
+                        lambda seed=0, cache_dir=None: (net, current["sha"]))
+    monkeypatch.setattr(digits, "trained_independent_network",
+                        lambda seed=1, cache_dir=None: (net, "c" * 64))
     return current
 
 
 def test_cache_round_trip_and_retraining(tmp_path, monkeypatch, caplog, fake_network):
-    monkeypatch.setattr(demo_generator, "train_demo_generator", cheap_training())
-    with caplog.at_level(logging.INFO, logger="generator.demo_generator"):
+    monkeypatch.setattr(digits_generator, "train_demo_generator", cheap_training())
+    with caplog.at_level(logging.INFO, logger="generator.digits_generator"):
         first, checksum = trained_demo_generator(seed=5, cache_dir=tmp_path)
     path = tmp_path / "demo" / "demo_generator_seed5.pt"
     assert path.exists() and "training" in caplog.text
     assert json.loads(path.with_suffix(".json").read_text())["network_sha256"] == "a" * 64
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="generator.demo_generator"):
+    with caplog.at_level(logging.INFO, logger="generator.digits_generator"):
         second, checksum2 = trained_demo_generator(seed=5, cache_dir=tmp_path)
     assert checksum2 == checksum and "loaded cached weights" in caplog.text
     a, b = first.state_dict(), second.state_dict()
@@ -214,14 +216,14 @@ def test_cache_round_trip_and_retraining(tmp_path, monkeypatch, caplog, fake_net
     # weights of another demo network make the cache stale
     fake_network["sha"] = "b" * 64
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="generator.demo_generator"):
+    with caplog.at_level(logging.INFO, logger="generator.digits_generator"):
         trained_demo_generator(seed=5, cache_dir=tmp_path)
     assert "made for another network_sha256" in caplog.text
     assert json.loads(path.with_suffix(".json").read_text())["network_sha256"] == "b" * 64
     # an unreadable file is trained again
     path.write_bytes(b"not a state dict")
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="generator.demo_generator"):
+    with caplog.at_level(logging.INFO, logger="generator.digits_generator"):
         g, checksum3 = trained_demo_generator(seed=5, cache_dir=tmp_path)
     assert "unusable" in caplog.text
     assert hashlib.sha256(path.read_bytes()).hexdigest() == checksum3

@@ -1,5 +1,5 @@
 """The embedded default: scikit-learn's digits and two small classifiers, trained
-once and cached (docs/data.md).
+once and cached (docs/data.md). The demo's generator is :mod:`generator.digits_generator`.
 
 Data: the 1,797 8x8 digits of :func:`sklearn.datasets.load_digits` (values 0-16,
 labels 0-9) scaled to [0, 1] (``/ 16``), upsampled to 32x32 (bilinear,
@@ -16,15 +16,16 @@ Networks (same step and tap names as CaffeNet, :mod:`generator.networks`):
   conv4 48, conv5 32 (3x3) -> ReLU -> pool5; fc6 128, fc7 128, fc8 10, prob.
   The map sizes follow AlexNet's (55-27-13-6 becomes 28-14-7-3): conv5 is 7x7
   with its centre at (3, 3), pool5 3x3.
-* :func:`demo_network_b`: an independent second classifier (other architecture,
-  other seed) for measuring the recognisability of generated images: 3x3
+* :func:`independent_network`: an independent second classifier (other
+  architecture, other seed) that judges the recognisability of generated images
+  (the sampler's record and the simulated rater, :mod:`generator.rater`): 3x3
   kernels, 2x2 pooling, no LRN, conv 12-24-32-32-24 on maps 32-16-8, fc 96.
 
 :func:`train_demo_network` trains one from a seed, deterministically (fixed
 thread count, deterministic algorithms, its own random streams; the caller's
 torch random state, thread count and determinism flag are restored).
-:func:`trained_demo_network` / :func:`trained_demo_network_b` train on first
-use and cache the state dict under :func:`cache_dir` (``demo/``), with a JSON
+:func:`trained_demo_network` / :func:`trained_independent_network` train on first
+use and cache the state dict under :func:`common.files.cache_dir` (``demo/``), with a JSON
 of the training figures beside it; later calls load the cache. A cache whose
 JSON names another architecture (a fingerprint of the layers) or whose weights
 do not fit is trained again; a change of the training recipe alone is not
@@ -65,9 +66,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from common.files import atomic_write_bytes
+from common.files import atomic_write_bytes, atomic_write_text, cache_dir
 
-from .networks import Preprocessing, TappedNet, WeightsError, _taps_for, load_state
+from .networks import Preprocessing, TappedNet, WeightsError, load_state, taps_for
 from .threads import TRAINING_THREADS
 
 __all__ = [
@@ -84,14 +85,18 @@ __all__ = [
     "to_unit_range",
     "to_pil_image",
     "demo_network",
-    "demo_network_b",
+    "independent_network",
     "train_demo_network",
     "evaluate",
-    "cache_dir",
+    "random_shifts",
     "cached_weights_path",
-    "atomic_write_bytes",
+    "deterministic",
+    "architecture_id",
+    "read_metrics",
+    "load_cached",
+    "save_cached",
     "trained_demo_network",
-    "trained_demo_network_b",
+    "trained_independent_network",
     "training_environment",
 ]
 
@@ -212,11 +217,11 @@ def demo_network() -> TappedNet:
         ("fc7", nn.Linear(128, 128)), ("relu7", nn.ReLU()), ("drop7", nn.Dropout(0.25)),
         ("fc8", nn.Linear(128, len(DIGIT_CLASS_NAMES))), ("prob", nn.Softmax(dim=1)),
     ]
-    return TappedNet(steps, _taps_for(_LAYERS, _RELUS, _EXTRA_TAPS), (1, DIGITS_SIZE, DIGITS_SIZE))
+    return TappedNet(steps, taps_for(_LAYERS, _RELUS, _EXTRA_TAPS), (1, DIGITS_SIZE, DIGITS_SIZE))
 
 
-def demo_network_b() -> TappedNet:
-    """The second, independent classifier: 3x3 kernels, 2x2 pools, no LRN, conv 12-24-32-32-24."""
+def independent_network() -> TappedNet:
+    """The independent classifier: 3x3 kernels, 2x2 pools, no LRN, conv 12-24-32-32-24."""
     steps = [
         ("conv1", nn.Conv2d(1, 12, 3, padding=1)), ("relu1", nn.ReLU()),  # 32x32
         ("pool1", nn.MaxPool2d(2)),                                        # 16x16
@@ -230,7 +235,7 @@ def demo_network_b() -> TappedNet:
         ("fc7", nn.Linear(96, 96)), ("relu7", nn.ReLU()), ("drop7", nn.Dropout(0.25)),
         ("fc8", nn.Linear(96, len(DIGIT_CLASS_NAMES))), ("prob", nn.Softmax(dim=1)),
     ]
-    return TappedNet(steps, _taps_for(_LAYERS, _RELUS, _EXTRA_TAPS), (1, DIGITS_SIZE, DIGITS_SIZE))
+    return TappedNet(steps, taps_for(_LAYERS, _RELUS, _EXTRA_TAPS), (1, DIGITS_SIZE, DIGITS_SIZE))
 
 
 class _Variant(NamedTuple):
@@ -242,7 +247,7 @@ class _Variant(NamedTuple):
 
 _VARIANTS: dict[str, _Variant] = {
     "a": _Variant(demo_network, "demo_net", 0, 20),
-    "b": _Variant(demo_network_b, "demo_net_b", 1, 20),
+    "b": _Variant(independent_network, "demo_net_b", 1, 20),  # the stem of older caches
 }
 
 
@@ -256,7 +261,7 @@ def _variant(name: str) -> _Variant:
 # -- training ----------------------------------------------------------------------------
 
 
-def _random_shifts(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+def random_shifts(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Shift each image by up to ``max_shift`` pixels each way, filling with background."""
     if max_shift <= 0:
         return x
@@ -291,7 +296,7 @@ def train_demo_network(
     """Train a demo classifier on the training split; returns (model in eval mode, metrics).
 
     ``variant``: "a" (:func:`demo_network`, default seed 0) or "b"
-    (:func:`demo_network_b`, default seed 1); 20 epochs by default for both.
+    (:func:`independent_network`, default seed 1); 20 epochs by default for both.
     ``steps`` overrides ``epochs`` (optimizer steps in all; for tests). AdamW
     with a one-cycle schedule, random shifts of up to ``max_shift`` pixels. The same seed, settings, torch build
     and CPU give identical weights (``threads`` is fixed for that: the split of
@@ -321,7 +326,7 @@ def train_demo_network(
                 if done == total:
                     break
                 idx = order[i:i + batch_size]
-                x = _random_shifts(train_x[idx], max_shift, data_rng)
+                x = random_shifts(train_x[idx], max_shift, data_rng)
                 loss = F.cross_entropy(model(x, taps=("fc8",))["fc8"], train_y[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -350,17 +355,10 @@ def train_demo_network(
 # -- the cache ---------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """``$SELECTIVITY_CACHE`` if set, else ``.cache`` in the project root (git-ignored)."""
-    env = os.environ.get("SELECTIVITY_CACHE")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / ".cache"
-
-
 def cached_weights_path(variant: str = "a", seed: int | None = None,
                         root: str | os.PathLike | None = None) -> Path:
-    """Where the weights of a trained demo network are cached: ``<root>/demo/<stem>_seed<seed>.pt``."""
+    """Where the weights of a trained demo network are cached: ``<root>/demo/<stem>_seed<seed>.pt``
+    (``root`` None: :func:`common.files.cache_dir`)."""
     spec = _variant(variant)
     seed = spec.seed if seed is None else int(seed)
     return Path(root if root is not None else cache_dir()) / "demo" / f"{spec.stem}_seed{seed}.pt"
@@ -472,6 +470,18 @@ def load_cached(path: Path, build: Callable[[], nn.Module],
     return model, hashlib.sha256(blob).hexdigest()
 
 
+def save_cached(path: Path, model: nn.Module, metrics: Mapping) -> str:
+    """Cache ``model``'s state dict at ``path`` and ``metrics`` as the JSON beside it (each
+    written atomically, the JSON first); returns the sha256 of the weights file."""
+    buffer = io.BytesIO()  # not torch.save(path): the archive name would follow the file name
+    torch.save(model.state_dict(), buffer)
+    blob = buffer.getvalue()
+    atomic_write_text(path.with_suffix(".json"), json.dumps(metrics, indent=2, sort_keys=True)
+                      + "\n")
+    atomic_write_bytes(path, blob)
+    return hashlib.sha256(blob).hexdigest()  # the bytes just written: no second read
+
+
 def _trained(variant: str, seed: int | None, root: str | os.PathLike | None) -> tuple[TappedNet, str]:
     spec = _variant(variant)
     seed = spec.seed if seed is None else int(seed)
@@ -491,13 +501,7 @@ def _trained(variant: str, seed: int | None, root: str | os.PathLike | None) -> 
              variant, seed, path)
     model, metrics = train_demo_network(seed, variant=variant)
     metrics = {**metrics, "trained_on": training_environment(metrics.get("threads"))}
-    buffer = io.BytesIO()  # not torch.save(path): the archive name would follow the file name
-    torch.save(model.state_dict(), buffer)
-    blob = buffer.getvalue()
-    atomic_write_bytes(path.with_suffix(".json"),
-                       (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
-    atomic_write_bytes(path, blob)
-    return model.eval(), hashlib.sha256(blob).hexdigest()
+    return model.eval(), save_cached(path, model, metrics)
 
 
 def trained_demo_network(seed: int = 0, cache_dir: str | os.PathLike | None = None,
@@ -508,12 +512,12 @@ def trained_demo_network(seed: int = 0, cache_dir: str | os.PathLike | None = No
     and a JSON of the training figures and of what trained it (``"trained_on"``,
     :func:`training_environment`); later calls load the cache, with or without
     that key.
-    ``cache_dir`` None: :func:`cache_dir`.
+    ``cache_dir`` None: :func:`common.files.cache_dir`.
     """
     return _trained("a", seed, cache_dir)
 
 
-def trained_demo_network_b(seed: int = 1, cache_dir: str | os.PathLike | None = None,
-                           ) -> tuple[TappedNet, str]:
-    """The trained :func:`demo_network_b` (the independent second classifier), as above."""
+def trained_independent_network(seed: int = 1, cache_dir: str | os.PathLike | None = None,
+                                ) -> tuple[TappedNet, str]:
+    """The trained :func:`independent_network` (the independent classifier), as above."""
     return _trained("b", seed, cache_dir)
