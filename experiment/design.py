@@ -26,26 +26,15 @@ Dealing (deterministic for a seed; one ``numpy.random.default_rng(seed)``)
     3. Targets: ``q, r = divmod(participants, n_lists)``; ``r`` random lists get
        ``q + 1``, the others ``q``.
 
-Output (``study.json``, written atomically), format ``selectivity-study/1``::
-
-    {"format": "selectivity-study/1", "seed": 0, "created": "<ISO-8601 UTC>",
-     "participants": 333, "practice_trials": 6, "sample": {"fc6": 2048},
-     "source": {"panels": "<manifest as given>", "practice": "<manifest as given>"},
-     "layers": ["conv5", "fc6", "fc8"],
-     "panels": {"<id>": {"layer": "fc6", "unit": 12, "path": "...", "sha256": "..."}},
-     "practice": ["<id>", ...],
-     "practice_panels": {"<id>": {"path": "...", "label": "<label or null>", "sha256": "..."}},
-     "lists": [{"id": 1, "target": 5, "panels": ["<id>", ...]}, ...]}
-
-In the file every ``path`` is relative to the file's own directory (``..``
-allowed), so a study folder can be moved as a whole; :func:`load_study` turns them
-back into absolute paths. In memory (:func:`build_design`, :func:`load_study`)
-paths are absolute.
+Output: ``study.json`` (format ``selectivity-study/1``, written atomically, every
+``path`` in it relative to the file's folder). The file format (its rules, writing,
+reading, checking the panel files) is :mod:`server.study_file`, shared with the server
+that loads the file; this module deals the design and calls it.
 
 API: :func:`read_panels`, :func:`read_practice` (file I/O), :func:`build_design`
-(pure), :func:`validate_design`, :func:`check_files`, :func:`write_study`,
-:func:`load_study`, :func:`summary`. Everything a user can get wrong raises
-:class:`DesignError` naming what is wrong, where, and how to fix it.
+(pure, paths absolute), :func:`summary`, :func:`parse_sample`, :func:`main`. Everything a
+user can get wrong raises :class:`DesignError` (defined in :mod:`server.study_file`)
+naming what is wrong, where, and how to fix it.
 
 Command line::
 
@@ -56,10 +45,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as _dt
-import hashlib
-import json
 import logging
 import os
 import sys
@@ -70,31 +56,32 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
-from common.files import atomic_write_text
+from server.study_file import (
+    DESIGN_CLI,
+    FORMAT,
+    MAX_LISTED,
+    DesignError,
+    check_files,
+    is_int,
+    listing,
+    validate_design,
+    write_study,
+)
 
 __all__ = [
-    "FORMAT",
     "PANEL_COLUMNS",
     "PRACTICE_COLUMNS",
     "DesignError",
     "build_design",
-    "check_files",
-    "load_study",
     "main",
     "parse_sample",
     "read_panels",
     "read_practice",
     "summary",
-    "validate_design",
-    "write_study",
 ]
 
 log = logging.getLogger("experiment.design")  # also under python -m
-
-#: The value of ``"format"`` in every study file this module writes and reads.
-FORMAT = "selectivity-study/1"
 
 #: Required columns of a panels manifest.
 PANEL_COLUMNS = ("panel_id", "layer", "unit", "path")
@@ -102,34 +89,11 @@ PANEL_COLUMNS = ("panel_id", "layer", "unit", "path")
 #: Required columns of a practice manifest (``label`` is optional).
 PRACTICE_COLUMNS = ("panel_id", "path")
 
-#: Keys every study dict must have.
-STUDY_KEYS = ("format", "seed", "participants", "practice_trials", "layers", "panels",
-              "practice", "practice_panels", "lists")
-
-#: How many individual problems an error message lists before summarising.
-MAX_LISTED = 10
-
-CLI = "python -m experiment.design"
-
-
-class DesignError(ValueError):
-    """A design request, manifest or study file that cannot be used as it is."""
+CLI = DESIGN_CLI
 
 
 # ---------------------------------------------------------------------------
 # Small helpers
-
-
-def _listing(problems: Sequence[str], limit: int = MAX_LISTED) -> str:
-    """The first ``limit`` problems, one per line, and a count of the rest."""
-    lines = [f"  - {p}" for p in problems[:limit]]
-    if len(problems) > limit:
-        lines.append(f"  ... and {len(problems) - limit} more")
-    return "\n".join(lines)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _spread(values: Iterable[int]) -> str:
@@ -212,11 +176,11 @@ def read_panels(path: str | os.PathLike) -> pd.DataFrame:
             problems.append(f"line {i + 2}: unit {unit!r} is not a non-negative integer")
     if problems:
         raise DesignError(f"{path}: {len(problems)} bad cell(s) in the panels manifest; "
-                          f"fix them:\n{_listing(problems)}")
+                          f"fix them:\n{listing(problems)}")
     dups = _duplicates(list(frame["panel_id"]))
     if dups:
         raise DesignError(f"{path}: duplicate panel_id value(s) in the panels manifest; every "
-                          f"panel needs its own id:\n{_listing(dups)}")
+                          f"panel needs its own id:\n{listing(dups)}")
     out = pd.DataFrame({
         "panel_id": frame["panel_id"],
         "layer": frame["layer"],
@@ -234,11 +198,11 @@ def read_practice(path: str | os.PathLike) -> pd.DataFrame:
     problems = _empty_cells(frame, PRACTICE_COLUMNS)
     if problems:
         raise DesignError(f"{path}: {len(problems)} bad cell(s) in the practice manifest; "
-                          f"fix them:\n{_listing(problems)}")
+                          f"fix them:\n{listing(problems)}")
     dups = _duplicates(list(frame["panel_id"]))
     if dups:
         raise DesignError(f"{path}: duplicate panel_id value(s) in the practice manifest; "
-                          f"every practice panel needs its own id:\n{_listing(dups)}")
+                          f"every practice panel needs its own id:\n{listing(dups)}")
     labels = frame["label"] if "label" in frame.columns else pd.Series([""] * len(frame))
     out = pd.DataFrame({
         "panel_id": frame["panel_id"],
@@ -255,16 +219,16 @@ def read_practice(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _check_request(n_lists: int, participants: int, practice_trials: int, seed: int) -> None:
-    if not _is_int(n_lists) or n_lists < 1:
+    if not is_int(n_lists) or n_lists < 1:
         raise DesignError(f"lists = {n_lists!r} (--lists): the number of lists must be an "
                           "integer of at least 1")
-    if not _is_int(participants) or participants < 0:
+    if not is_int(participants) or participants < 0:
         raise DesignError(f"participants = {participants!r} (--participants): the number of "
                           "participants must be an integer of 0 or more")
-    if not _is_int(practice_trials) or practice_trials < 0:
+    if not is_int(practice_trials) or practice_trials < 0:
         raise DesignError(f"practice_trials = {practice_trials!r} (--practice-trials): must "
                           "be an integer of 0 or more")
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise DesignError(f"seed = {seed!r} (--seed): must be an integer of 0 or more")
 
 
@@ -276,7 +240,7 @@ def _check_frame(frame: pd.DataFrame, required: Sequence[str], kind: str) -> Non
     dups = _duplicates([str(p) for p in frame["panel_id"]])
     if dups:
         raise DesignError(f"{_where(frame, f'the {kind} manifest')}: duplicate panel_id "
-                          f"value(s); every panel needs its own id:\n{_listing(dups)}")
+                          f"value(s); every panel needs its own id:\n{listing(dups)}")
 
 
 def _panels_by_layer(panels: pd.DataFrame) -> dict[str, list[int]]:
@@ -294,7 +258,7 @@ def _check_sample(sample: Mapping[str, int], by_layer: Mapping[str, list[int]],
             raise DesignError(
                 f"--sample {layer}={n}: {where} has no layer {layer!r} (its layers: "
                 f"{', '.join(by_layer)}); name one of those")
-        if not _is_int(n) or n < 1:
+        if not is_int(n) or n < 1:
             raise DesignError(f"--sample {layer}={n}: the sample size must be an integer of at "
                               "least 1; to leave a layer out, remove its rows from the manifest")
         if n > len(by_layer[layer]):
@@ -441,237 +405,6 @@ def build_design(panels: pd.DataFrame, practice: pd.DataFrame, n_lists: int,
 
 
 # ---------------------------------------------------------------------------
-# Validation
-
-
-def _structure_problems(study: Mapping) -> list[str]:
-    missing = [k for k in STUDY_KEYS if k not in study]
-    if missing:
-        return [f"missing key(s) {', '.join(missing)}"]
-    problems = []
-    kinds = {"layers": list, "panels": dict, "practice": list, "practice_panels": dict,
-             "lists": list}
-    for key, kind in kinds.items():
-        if not isinstance(study[key], kind):
-            problems.append(f"{key!r} must be a JSON {'array' if kind is list else 'object'}")
-    for key in ("participants", "practice_trials"):
-        if not _is_int(study[key]) or study[key] < 0:
-            problems.append(f"{key!r} must be an integer of 0 or more, not {study[key]!r}")
-    sample = study.get("sample") or {}
-    if not (isinstance(sample, dict) and all(_is_int(n) for n in sample.values())):
-        problems.append("'sample' must be an object of layer: integer")
-    if problems:
-        return problems
-    for pid, entry in study["panels"].items():
-        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
-                and entry.get("layer") in study["layers"]
-                and _is_int(entry.get("unit")) and entry["unit"] >= 0):
-            problems.append(f"panel {pid!r}: needs a layer among 'layers', a non-negative "
-                            "integer unit and a path")
-    for pid, entry in study["practice_panels"].items():
-        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)):
-            problems.append(f"practice panel {pid!r}: needs a path")
-    for k, lst in enumerate(study["lists"]):
-        if not (isinstance(lst, dict) and _is_int(lst.get("id")) and _is_int(lst.get("target"))
-                and lst["target"] >= 0 and isinstance(lst.get("panels"), list)):
-            problems.append(f"list #{k + 1}: needs an integer id, a non-negative integer "
-                            "target and a panels array")
-    if not study["lists"]:
-        problems.append("no lists")
-    return problems
-
-
-def _dealing_problems(study: Mapping) -> list[str]:
-    problems = []
-    lists, panels = study["lists"], study["panels"]
-    ids = [lst["id"] for lst in lists]
-    problems += [f"list id {i} used {n} times" for i, n in Counter(ids).items() if n > 1]
-    seen = Counter(pid for lst in lists for pid in lst["panels"])
-    problems += [f"panel {p!r} is in {n} lists (must be exactly one)"
-                 for p, n in seen.items() if n > 1]
-    problems += [f"list panel {p!r} is not in 'panels'" for p in seen if p not in panels]
-    problems += [f"panel {p!r} is in no list" for p in panels if p not in seen]
-    sizes = [len(lst["panels"]) for lst in lists]
-    if max(sizes) - min(sizes) > 1:
-        problems.append(f"list sizes range {min(sizes)}-{max(sizes)} (must differ by at most 1)")
-    for layer in study["layers"]:
-        counts = [sum(panels.get(p, {}).get("layer") == layer for p in lst["panels"])
-                  for lst in lists]
-        if max(counts) - min(counts) > 1:
-            problems.append(f"layer {layer!r}: per-list counts range {min(counts)}-"
-                            f"{max(counts)} (must differ by at most 1)")
-    return problems
-
-
-def _count_problems(study: Mapping) -> list[str]:
-    problems = []
-    total = sum(lst["target"] for lst in study["lists"])
-    if total != study["participants"]:
-        problems.append(f"list targets sum to {total}, not participants = "
-                        f"{study['participants']}")
-    layer_sizes = Counter(entry["layer"] for entry in study["panels"].values())
-    for layer, n in dict(study.get("sample") or {}).items():
-        if layer_sizes.get(layer, 0) != n:
-            problems.append(f"sample asks for {n} {layer} panels; the design has "
-                            f"{layer_sizes.get(layer, 0)}")
-    if len(study["layers"]) != len(set(study["layers"])):
-        problems.append("'layers' repeats a layer")
-    practice = study["practice"]
-    if len(practice) != study["practice_trials"]:
-        problems.append(f"{len(practice)} practice panels listed, practice_trials = "
-                        f"{study['practice_trials']}")
-    problems += [f"practice panel {p!r} listed {n} times" for p, n in Counter(practice).items()
-                 if n > 1]
-    problems += [f"practice panel {p!r} has no entry in 'practice_panels'" for p in practice
-                 if p not in study["practice_panels"]]
-    problems += [f"practice panel {p!r} is also a main panel id" for p in practice
-                 if p in study["panels"]]
-    return problems
-
-
-def validate_design(study: Mapping) -> None:
-    """Raise :class:`DesignError` listing every broken invariant of a study dict.
-
-    Checked: required keys and types; list ids unique; every panel in exactly one
-    list and every listed panel known; per-layer counts and list sizes differ by
-    at most one between lists; targets sum to ``participants``; sampled layers
-    hold their sample size; practice ids unique, known, distinct from panel ids
-    and ``practice_trials`` many.
-    """
-    if not isinstance(study, Mapping):
-        raise DesignError(f"a study must be a JSON object, not {type(study).__name__}")
-    if study.get("format") != FORMAT:
-        raise DesignError(f"study format is {study.get('format')!r}, expected {FORMAT!r}; "
-                          f"regenerate it with {CLI}")
-    problems = _structure_problems(study)
-    if not problems:
-        problems = _dealing_problems(study) + _count_problems(study)
-    if problems:
-        raise DesignError(f"the study breaks {len(problems)} rule(s) of the design; "
-                          f"regenerate it with {CLI}:\n{_listing(problems)}")
-
-
-# ---------------------------------------------------------------------------
-# Files: checking, hashing, writing, loading
-
-
-def _files(study: Mapping) -> list[tuple[str, dict]]:
-    """``(label, entry)`` for every panel and practice panel of a study."""
-    out = [(f"panel {pid!r} ({entry['layer']} unit {entry['unit']})", entry)
-           for pid, entry in study["panels"].items()]
-    out += [(f"practice panel {pid!r}", study["practice_panels"][pid])
-            for pid in study["practice"]]
-    return out
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _file_problem(path: str, open_images: bool, sha256: str | None) -> str | None:
-    if not os.path.isfile(path):
-        return "no such file"
-    if open_images:
-        try:
-            with Image.open(path) as im:
-                im.verify()
-        except Exception as exc:  # Pillow raises many kinds for a bad file
-            return f"not a readable image ({type(exc).__name__}: {exc})"
-    if sha256 is not None and _sha256(path) != sha256:
-        return "contents changed since the study was written (sha256 differs)"
-    return None
-
-
-def check_files(study: Mapping, open_images: bool = True) -> None:
-    """Check that every panel file exists and (by default) opens as an image.
-
-    Where an entry carries a ``sha256`` (a written study), the file's hash must
-    match it. All problems are collected and raised together as one
-    :class:`DesignError`.
-    """
-    files = _files(study)
-    log.info("checking %d files%s", len(files), " (opening each image)" if open_images else "")
-    problems = []
-    for label, entry in files:
-        problem = _file_problem(entry["path"], open_images, entry.get("sha256"))
-        if problem:
-            problems.append(f"{label}: {entry['path']}: {problem}")
-    if problems:
-        raise DesignError(
-            f"{len(problems)} of {len(files)} panel files are unusable:\n{_listing(problems)}\n"
-            "fix the paths in the manifests or regenerate the panels")
-
-
-def _relative(path: str, base: str) -> str:
-    """``path`` relative to the directory ``base``, with ``/`` separators."""
-    try:
-        return Path(os.path.relpath(os.path.abspath(path), base)).as_posix()
-    except ValueError:  # another drive (Windows): keep it absolute
-        return os.path.abspath(path)
-
-
-def _with_files(study: Mapping, out_dir: str) -> dict:
-    """A copy of the study with sha256 added and paths made relative to ``out_dir``."""
-    out = copy.deepcopy(dict(study))
-    missing = []
-    for label, entry in _files(out):
-        try:
-            entry["sha256"] = _sha256(entry["path"])
-        except OSError as exc:
-            missing.append(f"{label}: {entry['path']}: {exc.strerror or exc}")
-        entry["path"] = _relative(entry["path"], out_dir)
-    if missing:
-        raise DesignError(f"cannot hash {len(missing)} panel file(s):\n{_listing(missing)}\n"
-                          "fix the paths in the manifests or regenerate the panels")
-    return out
-
-
-def write_study(study: Mapping, out_path: str | os.PathLike) -> Path:
-    """Validate, add sha256, make paths relative to ``out_path``'s folder, write atomically
-    (with the project's one file mode, :data:`common.files.FILE_MODE`)."""
-    validate_design(study)
-    out_path = Path(out_path)
-    out_dir = os.path.abspath(out_path.parent)
-    os.makedirs(out_dir, exist_ok=True)
-    text = json.dumps(_with_files(study, out_dir), indent=2, ensure_ascii=False) + "\n"
-    atomic_write_text(out_path, text)
-    log.info("wrote %s (%d lists, %d panels)", out_path, len(study["lists"]),
-             len(study["panels"]))
-    return out_path
-
-
-def load_study(path: str | os.PathLike) -> dict:
-    """Read and validate a ``study.json``; every ``path`` in it made absolute.
-
-    Relative paths are taken relative to the study file's own directory.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DesignError(f"{path}: no such study file; write one with {CLI} ... --out {path}")
-    try:
-        study = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DesignError(f"{path}: not a valid JSON study file ({exc}); regenerate it "
-                          f"with {CLI}") from None
-    if not isinstance(study, dict):
-        raise DesignError(f"{path}: a study file holds a JSON object, not "
-                          f"{type(study).__name__}; regenerate it with {CLI}")
-    missing = [k for k in STUDY_KEYS if k not in study]
-    if study.get("format") == FORMAT and missing:
-        raise DesignError(f"{path}: missing key(s) {', '.join(missing)}; regenerate it "
-                          f"with {CLI}")
-    try:
-        validate_design(study)
-    except DesignError as exc:
-        raise DesignError(f"{path}: {exc}") from None
-    base = os.path.abspath(path.parent)
-    for _, entry in _files(study):
-        entry["path"] = os.path.normpath(os.path.join(base, entry["path"]))
-    return study
-
-
-# ---------------------------------------------------------------------------
 # Summary
 
 
@@ -726,16 +459,16 @@ def parse_sample(items: Sequence[str] | None) -> dict[str, int]:
     return sample
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = CLI) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=CLI,
+        prog=prog,
         description=(
             "Design the rating study (docs/study-design.md): deal every panel of a panels manifest "
             "into exactly one list, each layer spread as evenly as possible, give each list "
             "a participant target (the targets sum to --participants), pick the practice "
             "panels, check the files and write study.json. Deterministic for a seed. The "
             "summary table goes to stdout, progress to stderr."),
-        epilog=(f"example (the paper): {CLI} --panels panels.csv --practice practice.csv "
+        epilog=(f"example (the paper): {prog} --panels panels.csv --practice practice.csv "
                 "--lists 64 --participants 333 --sample fc6=2048 --seed 0 --out study.json"),
     )
     parser.add_argument("--panels", required=True, metavar="CSV",
@@ -764,8 +497,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """The command line (``prog``: the program name in help and errors); the exit status."""
+    args = _parser(prog or CLI).parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

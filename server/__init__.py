@@ -107,12 +107,13 @@ def create_app(test_config: dict[str, Any] | None = None,
     app.jinja_loader = ChoiceLoader([FileSystemLoader(Path(app.instance_path) / "templates"),
                                      app.jinja_loader])
 
-    from . import admin, api, auth, export, participant, store, study
+    from . import admin, api, auth, export, participant, serve, store, study
 
     store.init_app(app)
     study.init_app(app)
     export.init_app(app)
     app.cli.add_command(auth.create_admin_command)
+    app.cli.add_command(serve.serve_command)
     app.register_blueprint(participant.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)

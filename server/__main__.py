@@ -2,7 +2,8 @@
 
 \b
   load-study study.json   load a design (python -m experiment.design writes it)
-  run                     the development server (production: gunicorn 'server:create_app()')
+  serve                   serve the study with gunicorn (production; --host, --port)
+  run                     Flask's development server (one process; for trying pages)
   init-db                 create or migrate the store's schema (also done on start)
   create-admin NAME       an experimenter account for the dashboard (/admin/)
   export --out DIR        responses.csv, participants.csv and the same as JSON

@@ -18,7 +18,16 @@ from flask import Blueprint, abort, current_app, jsonify, request, session, url_
 from sqlalchemy import select
 
 from . import prolific
-from .assignment import Answer, AssignmentError, TrialError, lease_seconds, record_response
+from .assignment import (
+    BEFORE_TRIALS,
+    Answer,
+    AssignmentError,
+    TrialError,
+    check_trial_index,
+    check_trial_order,
+    lease_seconds,
+    record_response,
+)
 from .csrf import check_csrf
 from .participant import Visit, current_visit, preview_answered, stage
 from .store import get_store, panels
@@ -193,14 +202,9 @@ def prolific_webhook():
 def _preview_answer(visit: Visit, answer: Answer):
     index = answer.trial_index
     if stage(visit) not in ("trials", "debrief", "complete"):
-        raise TrialError("consent and the device check come before the trials", 409)
-    if not 0 <= index < visit.n_trials:
-        raise TrialError(f"trial_index {index} is out of range 0..{visit.n_trials - 1}")
-    if index > visit.n_answered:
-        raise TrialError(f"trial {index} comes after trial {visit.n_answered}, which has no "
-                         "answer yet: answer that first", 409)
-    if visit.order[index] != answer.panel_id:
-        raise TrialError(f"trial {index} shows another panel: reload the page", 409)
+        raise TrialError(BEFORE_TRIALS, 409)
+    check_trial_index(index, visit.n_trials)
+    check_trial_order(index, answer.panel_id, visit.n_answered, visit.order)
     after = preview_answered(visit, index)
     done = after.n_answered >= after.n_trials
     return _no_store(jsonify(

@@ -30,7 +30,8 @@ from .study import current_study
 
 __all__ = ["prolific_max_minutes", "lease_seconds", "AssignmentError", "NoStudy", "StudyClosed", "StudyFull", "LeaseExpired",
            "TrialError", "ListFill", "list_fill", "start", "trial_order", "renew_lease",
-           "Recorded", "record_response", "stored_response", "participant_by_token", "Answer"]
+           "Recorded", "record_response", "stored_response", "participant_by_token", "Answer",
+           "BEFORE_TRIALS", "check_trial_index", "check_trial_order"]
 
 _rng = random.SystemRandom()
 
@@ -80,6 +81,28 @@ class TrialError(ValueError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
+
+
+#: The refusal of an answer sent before consent and the device check (409).
+BEFORE_TRIALS = "consent and the device check come before the trials"
+
+
+def check_trial_index(index: int, n_trials: int) -> None:
+    """TrialError (400) unless ``index`` is a trial of a study of ``n_trials``."""
+    if index < 0 or index >= n_trials:
+        raise TrialError(f"trial_index {index} is out of range 0..{n_trials - 1}")
+
+
+def check_trial_order(index: int, panel_id: str, n_answered: int,
+                      order: Sequence[str]) -> None:
+    """TrialError (409) unless an answer to trial ``index`` may come after ``n_answered``
+    answers (trials are answered in order) and names the panel ``order`` shows there."""
+    if index > n_answered:
+        raise TrialError(f"trial {index} comes after trial {n_answered}, which has no "
+                         "answer yet: answer that first", 409)
+    if order[index] != panel_id:
+        raise TrialError(f"trial {index} shows panel {order[index]!r}, not "
+                         f"{panel_id!r}: reload the page", 409)
 
 
 @dataclass(frozen=True)
@@ -228,22 +251,15 @@ def record_response(store: Store, token: str, answer: Answer, lease_seconds: flo
         if p is None:
             raise TrialError("no such session: start the study from its link", 403)
         index = answer.trial_index
-        if index < 0 or index >= p.n_trials:
-            raise TrialError(f"trial_index {index} is out of range 0..{p.n_trials - 1}")
+        check_trial_index(index, p.n_trials)
         if index < p.n_answered:
             return Recorded(stored_response(conn, p.id, index), False, p.n_answered,
                             p.n_trials)
         if p.status != "active":
             raise TrialError(f"this session is {p.status}: no more answers are taken", 409)
         if p.consented_at is None or p.device_ok_at is None:
-            raise TrialError("consent and the device check come before the trials", 409)
-        if index > p.n_answered:
-            raise TrialError(f"trial {index} comes after trial {p.n_answered}, which has no "
-                             "answer yet: answer that first", 409)
-        order: Sequence[str] = json.loads(p.trial_order)
-        if order[index] != answer.panel_id:
-            raise TrialError(f"trial {index} shows panel {order[index]!r}, not "
-                             f"{answer.panel_id!r}: reload the page", 409)
+            raise TrialError(BEFORE_TRIALS, 409)
+        check_trial_order(index, answer.panel_id, p.n_answered, json.loads(p.trial_order))
         at = now() if at is None else at
         p = renew_lease(store, conn, p, lease_seconds, at)
         n_practice = conn.execute(select(study.c.practice_trials)).scalar() or 0

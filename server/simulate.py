@@ -37,8 +37,14 @@ pairs, so a caller can check the store holds every one of them exactly once.
 Only loopback servers (127.0.0.1, ::1, localhost) are driven: anything else is refused
 (exit status 2), so the simulator never loads a production server or Prolific by mistake.
 
+``--check-store DATABASE_URL`` audits the store afterwards (:mod:`server.audit`).
+
 The Python API is :func:`run_simulation` (or the coroutine :func:`simulate`); a ``rater``
-decides each answer from the panel and, with ``fetch_images``, its image bytes.
+decides each answer from the panel and, with ``fetch_images``, its image bytes. The
+command line answers at random (:func:`random_rater`); ``python -m experiment.simulate``
+is the same command with ``--rater MODULE:NAME`` (e.g. a classifier from ``generator``,
+which the server never imports). :func:`build_parser` and :func:`run_cli` are the command
+line's parts for it.
 """
 
 from __future__ import annotations
@@ -62,11 +68,13 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 
-__all__ = ["run_simulation", "simulate", "SimulationResult", "NotLoopback", "check_loopback",
-           "random_rater", "WORDS", "DEFAULT_THINK_MS", "LABELS", "StoreCheck", "check_store",
-           "percentile", "load_rater", "main"]
+from common.files import atomic_write_text
 
-log = logging.getLogger(__name__)
+__all__ = ["run_simulation", "simulate", "SimulationResult", "NotLoopback", "check_loopback",
+           "random_rater", "Rater", "WORDS", "DEFAULT_THINK_MS", "LABELS", "percentile",
+           "build_parser", "prepare_cli", "run_cli", "main"]
+
+log = logging.getLogger("server.simulate")  # the same name under python -m
 
 DEFAULT_THINK_MS = 500.0
 # A simulated participant's everyday objects, places and animals.
@@ -736,98 +744,12 @@ async def _report_progress(result: SimulationResult, began: float, every: float 
                  result.retries)
 
 
-# --- checking the store -------------------------------------------------------------------
-
-@dataclass
-class StoreCheck:
-    """What the store holds compared with what the server acknowledged."""
-
-    stored: int                                   # response rows
-    acknowledged: int                             # distinct acknowledged answers
-    missing: list[tuple[str, int]]                # acknowledged, not stored: lost
-    extra: list[tuple[str, int]]                  # stored, never acknowledged nor in flight
-    stored_unconfirmed: int                       # stored among the unconfirmed ones
-    duplicate_rows: list[tuple[str, int, int]]    # (pid, trial_index, rows) with rows > 1
-    lists_over_target: list[tuple[int, int, int]]  # (list, completed, target)
-    inconsistent: list[str]                       # participants whose counts disagree
-    completed: int                                # completed participants
-
-    @property
-    def problems(self) -> list[str]:
-        out = []
-        if self.missing:
-            out.append(f"{len(self.missing)} acknowledged answers are not stored, e.g. "
-                       f"{self.missing[:3]}")
-        if self.extra:
-            out.append(f"{len(self.extra)} stored answers were never acknowledged, e.g. "
-                       f"{self.extra[:3]}")
-        if self.duplicate_rows:
-            out.append(f"{len(self.duplicate_rows)} (participant, trial) pairs have more "
-                       f"than one row, e.g. {self.duplicate_rows[:3]}")
-        if self.lists_over_target:
-            out.append(f"lists over their target (list, completed, target): "
-                       f"{self.lists_over_target}")
-        out.extend(self.inconsistent[:10])
-        return out
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def check_store(database: Any, acknowledged: set[tuple[str, int]],
-                unconfirmed: set[tuple[str, int]] = frozenset()) -> StoreCheck:
-    """Compare the store (a ``server.store.Store`` or a DATABASE_URL) with the answers a
-    simulation saw acknowledged: every acknowledged (PROLIFIC_PID, trial_index) stored
-    exactly once, nothing else stored but answers whose acknowledgement was lost in flight
-    (``unconfirmed``), no list with more completed participants than its target, every
-    participant's ``n_answered`` equal to its rows, and completed ones with every trial."""
-    from sqlalchemy import func, select
-
-    from .store import Store, lists, participants, responses
-
-    store = database if isinstance(database, Store) else Store(str(database))
-    try:
-        with store.read() as conn:
-            rows = conn.execute(
-                select(participants.c.prolific_pid, responses.c.trial_index, func.count())
-                .select_from(responses.join(participants,
-                                            responses.c.participant_id == participants.c.id))
-                .group_by(participants.c.prolific_pid, responses.c.trial_index)).all()
-            people = conn.execute(select(
-                participants.c.prolific_pid, participants.c.status, participants.c.list_id,
-                participants.c.n_answered, participants.c.n_trials)).all()
-            targets = dict(conn.execute(select(lists.c.id, lists.c.target)).all())
-    finally:
-        if store is not database:
-            store.dispose()
-    stored = {(pid, int(index)): int(n) for pid, index, n in rows}
-    per_person = Counter(pid for pid, _ in stored)
-    completed = Counter(p.list_id for p in people if p.status == "completed")
-    inconsistent = []
-    for p in people:
-        if per_person[p.prolific_pid] != p.n_answered:
-            inconsistent.append(f"{p.prolific_pid}: n_answered {p.n_answered} but "
-                                f"{per_person[p.prolific_pid]} distinct trials stored")
-        if p.status == "completed" and p.n_answered != p.n_trials:
-            inconsistent.append(f"{p.prolific_pid}: completed with {p.n_answered} of "
-                                f"{p.n_trials} trials")
-    return StoreCheck(
-        stored=sum(stored.values()), acknowledged=len(acknowledged),
-        missing=sorted(acknowledged - stored.keys()),
-        extra=sorted(stored.keys() - acknowledged - set(unconfirmed)),
-        stored_unconfirmed=len(stored.keys() & (set(unconfirmed) - acknowledged)),
-        duplicate_rows=sorted((pid, index, n) for (pid, index), n in stored.items() if n > 1),
-        lists_over_target=sorted((list_id, n, targets[list_id])
-                                 for list_id, n in completed.items() if n > targets[list_id]),
-        inconsistent=inconsistent, completed=sum(completed.values()))
-
-
 # --- command line -------------------------------------------------------------------------
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser(prog: str = "python -m server.simulate") -> argparse.ArgumentParser:
+    """The command line's options (``python -m experiment.simulate`` adds ``--rater``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m server.simulate",
+        prog=prog,
         description="Simulated participants take the study on a server running on this "
                     "machine (loopback only): entry, consent, instructions, device check, "
                     "practice and main trials with random answers, debrief, completion; "
@@ -869,11 +791,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--retry-seconds", type=float, default=60.0,
                         help="how long a failing request is retried before its participant "
                              "gives up, s (default %(default)s)")
-    parser.add_argument("--rater", metavar="MODULE:NAME",
-                        help="who decides the answers: a rater, or a function that builds "
-                             "one, importable as MODULE:NAME (e.g. generator.rater:demo_rater, "
-                             "which looks at each panel with a classifier; implies "
-                             "--fetch-images). Default: random answers")
     parser.add_argument("--check-store", metavar="DATABASE_URL",
                         help="afterwards, check that this store holds every acknowledged "
                              "answer exactly once and no list is over its target (exit 1 "
@@ -881,14 +798,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
                         help="write the full report (with the acknowledged answers) as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or log")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def prepare_cli(args: argparse.Namespace) -> None:
+    """Set up logging for ``args.quiet`` and check what the parser cannot: a loopback
+    ``--url``, ``--participants`` >= 0 and ``--concurrency`` >= 1 (ValueError otherwise,
+    NotLoopback for the URL)."""
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
+    check_loopback(args.url)
+    if args.participants < 0 or args.concurrency < 1:
+        raise ValueError("--participants must be >= 0 and --concurrency >= 1")
+
+
+def run_cli(args: argparse.Namespace, rater: Rater | None = None) -> int:
+    """Run the command line parsed by :func:`build_parser`; returns the exit status (0 done,
+    1 some participants failed or the store check failed, 2 bad arguments). ``rater``
+    decides the answers (default :func:`random_rater`) and implies fetching the images."""
     try:
-        check_loopback(args.url)
-        if args.participants < 0 or args.concurrency < 1:
-            raise ValueError("--participants must be >= 0 and --concurrency >= 1")
-        rater = load_rater(args.rater) if args.rater else None
+        prepare_cli(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -901,11 +830,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.quiet and sys.stderr.isatty())
     print(result.report())
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.summary(), indent=1))
+        atomic_write_text(args.json, json.dumps(result.summary(), indent=1))
         print(f"report written to {args.json}")
     status = 1 if result.failed else 0
     if args.check_store:
+        from .audit import check_store  # the store's tables: only when asked for
+
         check = check_store(args.check_store, result.acknowledged, result.unconfirmed)
         if check.ok:
             print(f"store check: {check.acknowledged} acknowledged answers, each stored once "
@@ -916,26 +846,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
-def load_rater(spec: str) -> Rater:
-    """``MODULE:NAME`` -> a rater: NAME is the rater itself, or a function of no arguments
-    that builds one (a class or factory whose call takes no arguments)."""
-    import importlib
-    import inspect
-
-    module_name, _, name = spec.partition(":")
-    if not module_name or not name:
-        raise ValueError(f"--rater {spec!r}: give MODULE:NAME, e.g. generator.rater:demo_rater")
-    try:
-        obj = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"--rater {spec!r}: {exc}") from None
-    try:
-        takes_none = not [p for p in inspect.signature(obj).parameters.values()
-                          if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL,
-                                                                      p.VAR_KEYWORD)]
-    except (TypeError, ValueError):
-        takes_none = False
-    return obj() if takes_none else obj
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``python -m server.simulate``: random answers (``python -m experiment.simulate``
+    takes ``--rater``); ``prog``: the program name in help and errors."""
+    parser = build_parser(prog) if prog else build_parser()
+    return run_cli(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

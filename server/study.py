@@ -1,17 +1,15 @@
-"""Loading a study design (``study.json`` from ``python -m experiment.design``) into the store.
+"""Installing a study (``study.json`` from ``python -m experiment.design``) in the store.
 
-``python -m server load-study study.json`` copies every panel image into the image folder
-under its content hash (so image URLs never go stale and can be cached for a year) and
-writes the panels, lists and targets. A store that already holds participants is never
-overwritten by accident.
+``python -m server load-study study.json`` reads the file (:mod:`server.study_file`),
+copies every panel image into the image folder under its content hash (so image URLs
+never go stale and can be cached for a year) and writes the panels, lists and targets.
+A store that already holds participants is never overwritten by accident.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import secrets
 import shutil
 import string
@@ -26,10 +24,13 @@ from flask.cli import with_appcontext
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
+from common.files import atomic_path, sha256_file
+
 from .store import Store, get_store, list_panels, lists, now, panels, participants, responses
 from .store import study as study_table
+from .study_file import DesignError, read_study
 
-__all__ = ["StudyError", "load_design", "current_study", "image_name", "init_app"]
+__all__ = ["StudyError", "install_study", "current_study", "image_name", "init_app"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def image_name(path: Path, sha256: str | None = None) -> str:
         raise StudyError(f"{path}: unsupported image type {path.suffix!r} "
                          f"(use one of {', '.join(sorted(set(IMAGE_TYPES.values())))})")
     if sha256 is None:
-        sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        sha256 = sha256_file(path)
     return f"{sha256}{ext}"
 
 
@@ -55,30 +56,24 @@ def _store_image(path: Path, image_dir: Path, sha256: str | None) -> str:
     name = image_name(path, sha256)
     target = image_dir / name
     if not target.exists():
-        tmp = image_dir / f".{name}.{secrets.token_hex(4)}.tmp"
-        shutil.copyfile(path, tmp)
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        if digest != name.split(".")[0]:
-            tmp.unlink()
-            raise StudyError(f"{path}: the file changed since the design was written "
-                             "(its SHA-256 differs from study.json's): rebuild the design")
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:  # removed again if the check below fails
+            shutil.copyfile(path, tmp)
+            if sha256_file(tmp) != name.split(".")[0]:
+                raise StudyError(f"{path}: the file changed since the design was written "
+                                 "(its SHA-256 differs from study.json's): rebuild the design")
     return name
 
 
-def load_design(store: Store, design_path: str | Path, image_dir: str | Path,
-                completion_code: str | None = None, prolific_study_id: str | None = None,
-                discard_data: bool = False,
-                progress: Callable[[Iterable], Iterable] | None = None) -> dict[str, Any]:
-    """Load ``design_path`` into ``store``; returns counts. Refuses to replace a study that
-    has participants unless ``discard_data``. ``progress`` wraps the image copying (a
+def install_study(store: Store, study_path: str | Path, image_dir: str | Path,
+                  completion_code: str | None = None, prolific_study_id: str | None = None,
+                  discard_data: bool = False,
+                  progress: Callable[[Iterable], Iterable] | None = None) -> dict[str, Any]:
+    """Read the study file ``study_path``, copy its images into ``image_dir`` and make it
+    the study of ``store``; returns counts. Refuses to replace a study that has
+    participants unless ``discard_data``. ``progress`` wraps the image copying (a
     progress bar)."""
-    # Only loading a design needs experiment.design (and with it pandas and numpy): the
-    # import stays here so that gunicorn workers never pay for it.
-    from experiment.design import DesignError, load_study
-
     try:
-        design = load_study(design_path)
+        design = read_study(study_path)
     except DesignError as exc:
         raise StudyError(str(exc)) from exc
     image_dir = Path(image_dir)
@@ -158,8 +153,8 @@ def load_study_command(design: str, completion_code: str | None,
             yield from it
 
     try:
-        counts = load_design(get_store(), design, current_app.config["IMAGE_DIR"],
-                             completion_code, prolific_study_id, discard_data, progress=bar)
+        counts = install_study(get_store(), design, current_app.config["IMAGE_DIR"],
+                               completion_code, prolific_study_id, discard_data, progress=bar)
     except StudyError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"loaded {design}: {counts['panels']} panels in {counts['lists']} lists, "

@@ -18,9 +18,10 @@ import pandas as pd
 from PIL import Image
 from system_deps import PG_URL, missing, require
 
-from experiment.design import build_design, write_study
+from experiment.design import build_design
 from server import create_app
-from server.study import load_design
+from server.study import install_study
+from server.study_file import write_study
 
 #: The server tests' design: 18 panels, 6 per list over 3 lists (and 6 practice panels).
 LAYERS = {"conv5": 3, "fc6": 9, "fc8": 6}
@@ -58,7 +59,7 @@ def study_app(db_url: str, instance: Path, design: Path | None, completion_code:
                      instance_path=instance)
     if design is not None:
         with app.app_context():
-            load_design(app.extensions["store"], design, app.config["IMAGE_DIR"],
+            install_study(app.extensions["store"], design, app.config["IMAGE_DIR"],
                         completion_code=completion_code)
     return app
 
@@ -181,7 +182,7 @@ class Participant:
 
 
 def png_rater():
-    """A rater factory for ``server.simulate --rater server_world:png_rater``: yes "dog"
+    """A rater factory for ``experiment.simulate --rater server_world:png_rater``: yes "dog"
     when it was handed the panel's PNG bytes (so --rater implies fetching images)."""
 
     def rate(panel, image, rng):

@@ -208,8 +208,9 @@ def digit_panel_study(root: Path) -> Path:
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    from experiment.design import build_design, write_study
+    from experiment.design import build_design
     from generator.panels import grid, practice_panels, save_jpeg
+    from server.study_file import write_study
 
     digits = load_digits()
     (root / "panels").mkdir(parents=True, exist_ok=True)

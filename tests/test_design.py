@@ -1,4 +1,5 @@
-"""experiment.design: manifest to lists, targets and practice panels (docs/study-design.md).
+"""experiment.design: manifest to lists, targets and practice panels (docs/study-design.md);
+and the study file it writes (server/study_file.py: validation, writing, reading, files).
 
 Every test builds its own world under tmp_path: tiny generated PNG files and the
 manifests that point at them. The golden numbers of the paper's design come from
@@ -27,16 +28,18 @@ import pytest
 from PIL import Image
 
 from experiment.design import (
-    FORMAT,
-    DesignError,
     build_design,
-    check_files,
-    load_study,
     main,
     parse_sample,
     read_panels,
     read_practice,
     summary,
+)
+from server.study_file import (
+    FORMAT,
+    DesignError,
+    check_files,
+    read_study,
     validate_design,
     write_study,
 )
@@ -179,7 +182,7 @@ def test_paper_design_from_the_command_line(paper_world, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     # 5,347 manifest rows, 3,305 images opened and hashed: a few seconds at most.
     assert elapsed < 20, f"the paper's design took {elapsed:.1f} s"
-    study = load_study(out)
+    study = read_study(out)
     assert_paper_numbers(study)
     assert study["source"] == {"panels": str(panels), "practice": str(practice)}
     assert all(Path(e["path"]).is_file() for e in study["panels"].values())
@@ -507,7 +510,7 @@ def test_cli_writes_a_study_that_loads_with_relative_paths(world, tmp_path, caps
 
     moved = tmp_path / "elsewhere" / "study-folder"
     shutil.move(str(panels.parent), moved)
-    study = load_study(moved / "study.json")
+    study = read_study(moved / "study.json")
     for entry in [*study["panels"].values(), *study["practice_panels"].values()]:
         assert os.path.isabs(entry["path"]) and Path(entry["path"]).is_file()
         assert Path(entry["path"]).is_relative_to(moved)
@@ -522,7 +525,7 @@ def test_paths_may_climb_out_of_the_study_folder(world, tmp_path):
     assert raw["panels"]["fc8-2"]["path"] == "../../world/panels/fc8_0002.png"
     shutil.move(str(tmp_path), tmp_path.parent / (tmp_path.name + "-moved"))
     moved = tmp_path.parent / (tmp_path.name + "-moved")
-    study = load_study(moved / "studies" / "one" / "study.json")
+    study = read_study(moved / "studies" / "one" / "study.json")
     assert study["panels"]["fc8-2"]["path"] == str(moved / "world" / "panels" / "fc8_0002.png")
 
 
@@ -531,7 +534,7 @@ def test_write_study_round_trip_and_changed_files(world, tmp_path):
     study = build_design(read_panels(panels), read_practice(practice), 3, 7, seed=9)
     out = write_study(study, tmp_path / "s.json")
     assert out == tmp_path / "s.json"
-    loaded = load_study(out)
+    loaded = read_study(out)
     for key in ("lists", "layers", "practice", "participants", "seed", "sample"):
         assert loaded[key] == study[key]
     for pid, entry in loaded["panels"].items():
@@ -558,12 +561,12 @@ def test_write_study_refuses_an_invalid_study(world, tmp_path):
     ('{"format": "other/2"}', "study format is 'other/2', expected 'selectivity-study/1'"),
     ('{"format": "selectivity-study/1", "seed": 0}', "missing key(s) participants"),
 ])
-def test_load_study_errors(tmp_path, content, needle):
+def test_read_study_errors(tmp_path, content, needle):
     path = tmp_path / "study.json"
     if content is not None:
         path.write_text(content)
     with pytest.raises(DesignError) as err:
-        load_study(path)
+        read_study(path)
     assert needle in str(err.value) and str(path) in str(err.value)
 
 
@@ -642,3 +645,32 @@ def test_summary_table_of_the_paper_design():
 def test_summary_with_equal_targets():
     study = build_design(panels_frame({"a": 4}), practice_frame(), 2, 6)
     assert "targets 2 x 3" in summary(study)
+
+
+# ---------------------------------------------------------------------------
+# The study file's module: below the design, without the data stack
+
+
+def test_the_study_file_format_lives_in_the_server_without_the_data_stack():
+    import experiment.design
+    import server.study_file
+
+    assert experiment.design.DesignError is server.study_file.DesignError
+    probe = ("import sys, server.study_file, server.study; "
+             "print(sorted(m for m in ('numpy', 'pandas', 'PIL', 'experiment') "
+             "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_numpy_integers_count_as_integers(valid_study):
+    import numpy as np
+
+    study = copy.deepcopy(valid_study)
+    study["participants"] = np.int64(study["participants"])
+    study["lists"][0]["target"] = np.int32(study["lists"][0]["target"])
+    validate_design(study)
+    study["participants"] = True
+    with pytest.raises(DesignError, match="'participants' must be an integer"):
+        validate_design(study)

@@ -22,9 +22,10 @@ import pytest
 from server_world import make_design, store_url
 from sqlalchemy import func, select
 
-from server.simulate import check_store, run_simulation
+from server.audit import check_store
+from server.simulate import run_simulation
 from server.store import Store, participants, responses
-from server.study import load_design
+from server.study import install_study
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
                                 reason="finding gunicorn's workers reads /proc (Linux)")
@@ -123,7 +124,7 @@ def world(request, tmp_path, design_file):
         instance.mkdir()
         store = Store(url)
         store.migrate()
-        load_design(store, design_file, instance / "images", completion_code="FAULT1")
+        install_study(store, design_file, instance / "images", completion_code="FAULT1")
         server = Gunicorn(instance, url)
         holder = {"server": server}
         try:

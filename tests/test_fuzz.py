@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from server import create_app
 from server.store import participants, responses
-from server.study import load_design
+from server.study import install_study
 
 NASTY = ["'; DROP TABLE responses; --", "\" OR 1=1 --", "<script>alert(1)</script>",
          "<img src=x onerror=alert(1)>", "{{7*7}}", "${7*7}", "%s%s%n", "\u202e\u0000",
@@ -47,7 +47,7 @@ def app(tmp_path_factory):
                       "DATABASE_URL": f"sqlite:///{root / 'study.db'}"},
                      instance_path=root / "instance")
     with app.app_context():
-        load_design(app.extensions["store"], design, app.config["IMAGE_DIR"], "FUZZ1")
+        install_study(app.extensions["store"], design, app.config["IMAGE_DIR"], "FUZZ1")
     yield app
     app.extensions["store"].dispose()
 

@@ -22,7 +22,7 @@ from server.assignment import (
     start,
 )
 from server.store import SCHEMA_VERSION, Store, meta, participants, responses
-from server.study import StudyError, load_design
+from server.study import StudyError, install_study
 
 
 def store_of(app) -> Store:
@@ -328,8 +328,8 @@ def test_bad_or_missing_prolific_parameters(app, params, problem):
 
 def test_study_id_must_match_when_configured(app, design_file):
     with app.app_context():
-        load_design(store_of(app), design_file, app.config["IMAGE_DIR"], "DONE123",
-                    prolific_study_id="b" * 24)
+        install_study(store_of(app), design_file, app.config["IMAGE_DIR"], "DONE123",
+                      prolific_study_id="b" * 24)
     assert Participant(app.test_client()).enter().status_code == 400
     ok = Participant(app.test_client())
     ok.study_id = "b" * 24
@@ -423,6 +423,25 @@ def test_preview_walks_the_whole_study_and_stores_nothing(app):
     assert client.get("/preview?list=99").status_code == 404
 
 
+def test_a_preview_answer_meets_the_participants_trial_checks(app):
+    # One implementation (server.assignment) refuses a preview's and a participant's
+    # answers alike: out of range 400, ahead of the next trial or another panel 409.
+    client = app.test_client()
+    client.get("/preview?list=1")
+    p = Participant(client, pid="preview")
+    assert p.answer(0, panel_id="x").status_code == 409   # before consent and the device check
+    for step in (p.consent, p.instructions, p.device):
+        assert step().status_code == 302
+    trials = p.state()["trials"]
+    out_of_range = p.answer(99, panel_id=trials[0]["panel_id"])
+    assert out_of_range.status_code == 400 and "out of range" in out_of_range.get_json()["error"]
+    ahead = p.answer(1, panel_id=trials[1]["panel_id"])
+    assert ahead.status_code == 409 and "answer that first" in ahead.get_json()["error"]
+    wrong = p.answer(0, panel_id=trials[1]["panel_id"])
+    assert wrong.status_code == 409 and "reload" in wrong.get_json()["error"]
+    assert p.answer(0).status_code == 200
+
+
 def test_images_are_served_by_content_hash_with_long_cache_headers(app):
     p = Participant(app.test_client())
     state = p.ready()
@@ -453,7 +472,7 @@ def test_schema_is_created_versioned_and_a_newer_one_refused(app, db_url, tmp_pa
 def test_loading_a_design_never_discards_participants_by_accident(app, design_file):
     Participant(app.test_client()).ready()
     with app.app_context(), pytest.raises(StudyError, match="--discard-data"):
-        load_design(store_of(app), design_file, app.config["IMAGE_DIR"])
+        install_study(store_of(app), design_file, app.config["IMAGE_DIR"])
     runner = app.test_cli_runner()
     result = runner.invoke(args=["load-study", str(design_file)])
     assert result.exit_code != 0 and "--discard-data" in result.output

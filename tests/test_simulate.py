@@ -1,6 +1,7 @@
 """The participant simulator (server/simulate.py) against a live server, on SQLite and on
 PostgreSQL: it walks the whole flow, and what the server acknowledged is what the store
-holds, exactly once; plus its loopback-only rule and its command line."""
+holds, exactly once (server/audit.py); plus its loopback-only rule and its command lines
+(``python -m server.simulate``, and ``python -m experiment.simulate`` with ``--rater``)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ import pytest
 from server_world import make_design, serving, store_url, study_app
 from sqlalchemy import func, select
 
+from experiment.simulate import load_rater
+from server.audit import check_store
 from server.simulate import (
     NotLoopback,
     check_loopback,
-    check_store,
     main,
     percentile,
+    random_rater,
     run_simulation,
 )
 from server.store import Store, participants, responses
@@ -179,7 +182,7 @@ def test_command_line_rater_and_store_check(tmp_path, design_file):
     with store_url("sqlite", tmp_path) as db:
         app = study_app(db, tmp_path / "instance", design_file, "CLI43")
         with serving(app) as base:
-            args = [sys.executable, "-m", "server.simulate", "--url", base, "--participants",
+            args = [sys.executable, "-m", "experiment.simulate", "--url", base, "--participants",
                     "2", "--concurrency", "2", "--think-ms", "0", "--reload-rate", "0",
                     "--abandon-rate", "0", "--rater", "server_world:png_rater", "--quiet"]
             ran = subprocess.run([*args, "--check-store", db], cwd=ROOT, env=env,
@@ -209,10 +212,28 @@ def test_command_line_rater_and_store_check(tmp_path, design_file):
 
 
 def test_load_rater_takes_a_rater_or_builds_one():
-    from server.simulate import load_rater, random_rater
-
     assert load_rater("server.simulate:random_rater") is random_rater
     assert callable(load_rater("server_world:png_rater"))  # a factory, called
     for spec in ("server.simulate", ":x", "no.such.module:x"):
         with pytest.raises(ValueError, match="--rater"):
             load_rater(spec)
+
+
+def test_only_the_experiment_layer_loads_a_named_rater(capsys):
+    # server.simulate answers at random and takes no --rater: loading a module named on the
+    # command line (a torch classifier) is experiment.simulate's job.
+    with pytest.raises(SystemExit) as exit_:
+        main(["--url", "http://127.0.0.1:9", "--participants", "1", "--rater", "x:y"])
+    assert exit_.value.code == 2 and "--rater" in capsys.readouterr().err
+    helped = subprocess.run([sys.executable, "-m", "experiment.simulate", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "python -m experiment.simulate" in helped.stdout
+    for option in ("--url", "--participants", "--concurrency", "--think-ms", "--check-store",
+                   "--json", "--rater", "MODULE:NAME", "loopback"):
+        assert option in helped.stdout, option
+    # the URL is checked before a rater is built
+    from experiment.simulate import main as experiment_main
+
+    assert experiment_main(["--url", "http://example.org", "--participants", "1",
+                            "--rater", "no.such.module:x"]) == 2
+    assert "loopback" in capsys.readouterr().err
