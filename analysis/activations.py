@@ -35,7 +35,7 @@ __all__ = [
     "unit_chunk_width",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("analysis.activations")  # the same name under python -m
 
 #: Target size of one HDF5 chunk, in bytes.
 CHUNK_BYTES = 4 * 1024 * 1024

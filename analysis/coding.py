@@ -67,6 +67,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.data import data_dir
+
 from .wordnet import WordNet, WordNetError, load_wordnet
 
 __all__ = [
@@ -90,7 +92,7 @@ __all__ = [
     "review_table",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("analysis.coding")  # the same name under python -m
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,7 +101,7 @@ ROUGH_CLASSES_PATH = Path(__file__).resolve().with_name("rough_classes.tsv")
 
 #: Where the ILSVRC-2012 class list is looked for (docs/data.md), in order.
 IMAGENET_CLASSES_PATHS = (ROOT / "generator" / "imagenet1k_classes.tsv",
-                          ROOT.parent / "shared" / "data" / "imagenet1k_classes.tsv")
+                          *([data_dir() / "imagenet1k_classes.tsv"] if data_dir() else []))
 
 #: Columns of a review table / codes.csv.
 REVIEW_COLUMNS = ("answer", "count", "senses", "lemmas", "heads", "modifiers", "unknown",
@@ -553,7 +555,8 @@ def _strip_possessive(token: str) -> str:
 def imagenet_class_senses(path: str | Path | None = None, *,
                           wordnet: WordNet | None = None) -> dict[int, frozenset[int]]:
     """Class index -> {synset} of the ILSVRC-2012 class list (a TSV: index, wnid, name;
-    default ``generator/imagenet1k_classes.tsv``, else ``../shared/data``)."""
+    default ``generator/imagenet1k_classes.tsv``, else the optional data folder's,
+    :mod:`common.data`)."""
     if path is None:
         for candidate in IMAGENET_CLASSES_PATHS:
             if candidate.is_file():
@@ -800,9 +803,9 @@ def _code_cli(args) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m analysis.coding",
+        prog=prog or "python -m analysis.coding",
         description="Code free-text answers as WordNet 3.0 synsets (docs/table2.md).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -28,7 +28,7 @@ from .activations import TableWriter
 __all__ = ["synthetic_activations", "make_example_table", "synthetic_ratings",
            "write_example_ratings", "main"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("analysis.example")  # the same name under python -m
 
 
 def synthetic_activations(

@@ -68,7 +68,7 @@ __all__ = [
     "top_k_class_counts",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("analysis.figures")  # the same name under python -m
 
 #: Matplotlib settings every figure is drawn with.
 STYLE = {
@@ -592,9 +592,9 @@ def _cmd_a4(args) -> list[str]:
     return save_figure(fig, os.path.join(args.out, "figA4_synthetic"), args.format)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m analysis.figures",
+        prog=prog or "python -m analysis.figures",
         description="The paper's figures (2, 3, 4, 5, A2, A3, A4) from a results CSV or an "
                     "activation table.",
     )
@@ -637,8 +637,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = _parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

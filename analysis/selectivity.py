@@ -53,7 +53,7 @@ __all__ = [
     "main",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("analysis.selectivity")  # the same name under python -m
 
 PRECISION_KS = (60, 100)
 
@@ -499,9 +499,9 @@ def write_results(df: pd.DataFrame, out: str | os.PathLike) -> None:
         df.to_csv(fh, index=False)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m analysis.selectivity",
+        prog=prog or "python -m analysis.selectivity",
         description=(
             "Compute the selectivity of every unit of an activation table (docs/measures.md): "
             "CCMAS, CCMAS_2, top-class selectivity, localist, precision@60/100 and the "

@@ -42,9 +42,6 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-if __package__ in (None, ""):  # run as a file: python analysis/table2.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 __all__ = [
     "RESPONSE_COLUMNS", "TABLE2_COLUMNS", "INTERPRETABILITY_MEASURES", "Table2Error",
     "proportion", "read_responses", "read_participants", "select_judgments", "unit_ratings",
@@ -544,9 +541,9 @@ def _class_senses(spec: str, coder) -> dict[int, frozenset[int]]:
     return coding.read_class_map(spec, coder)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python analysis/table2.py",
+        prog=prog or "python analysis/table2.py",
         description="Table 2 of the paper: per layer, the %% of yes responses, the %% of "
                     "units with >=80%% yes, and among those the %% where the humans agree on "
                     "the object and where it matches the unit's top class and CCMAS class; "
@@ -573,8 +570,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = _parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     from analysis import coding
@@ -615,4 +612,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if not __package__:  # run as a file, python analysis/table2.py: import from the project
+        sys.path[0] = str(Path(__file__).resolve().parents[1])
     raise SystemExit(main())

@@ -50,7 +50,7 @@ __all__ = [
     "write_tables",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("analysis.tables")  # the same name under python -m
 
 #: Columns of a results file, in the order the selectivity CLI writes them.
 RESULTS_COLUMNS = ("layer", *COLUMNS)
@@ -466,9 +466,9 @@ def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | os.PathLike) ->
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m analysis.tables",
+        prog=prog or "python -m analysis.tables",
         description="Tables 1, A1, A2 and top-class vs CCMAS-class agreement from a "
                     "selectivity results CSV.",
     )

@@ -37,23 +37,22 @@ redistribution provided its notice is kept::
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
 import os
 import pickle
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
+
+from common.files import atomic_write_bytes, cache_dir
 
 __all__ = [
     "DEFAULT_DIR",
     "WordNet",
     "WordNetError",
-    "cache_dir",
     "load_wordnet",
 ]
 
@@ -79,14 +78,6 @@ _ADJ_RULES = (("er", ""), ("est", ""), ("er", "e"), ("est", "e"))
 
 class WordNetError(FileNotFoundError):
     """WordNet's database files are missing or unreadable."""
-
-
-def cache_dir() -> Path:
-    """``$SELECTIVITY_CACHE`` if set, else ``.cache`` in the project root (git-ignored)."""
-    env = os.environ.get("SELECTIVITY_CACHE")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / ".cache"
 
 
 def _key(word: str) -> str:
@@ -172,17 +163,7 @@ class WordNet:
     @staticmethod
     def _write_cache(path: Path, data: dict) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            atomic_write_bytes(path, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as exc:  # a read-only checkout: no cache, still correct
             log.info("could not write the WordNet cache %s (%s)", path, exc)
 

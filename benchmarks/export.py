@@ -25,10 +25,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from server.export import RESPONSE_COLUMNS, iter_export, write_exports  # noqa: E402
-from server.store import (  # noqa: E402
+from server.export import RESPONSE_COLUMNS, iter_export, write_exports
+from server.store import (
     Store,
     list_panels,
     lists,

@@ -27,18 +27,14 @@ states the projected time for the paper's 5,352 units x 100 images.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from generator.ppgn import Models, Sampler, Settings, target_for  # noqa: E402
-from generator.threads import available_cpus, torch_threads, worker_pool  # noqa: E402
+from generator.ppgn import Models, target_for
+from generator.sampler import Sampler, Settings
+from generator.threads import available_cpus, torch_threads, worker_pool
 
 
 def macs_of(module: nn.Module, x: torch.Tensor, **kwargs) -> int:
@@ -102,9 +98,10 @@ def time_steps(models: Models, layer: str, batch: int, steps: int, amp: bool = F
 
 def compare_paths(layer: str, chains: int, steps: int, batch: int = 64) -> tuple[float, float]:
     """(old, new) chain-steps/s on the demo pair for ``chains`` chains of ``steps`` steps."""
-    from generator.demo import trained_demo_network
-    from generator.demo_generator import trained_demo_generator
-    from generator.ppgn import load_models, settings_for
+    from generator.digits import trained_demo_network
+    from generator.digits_generator import trained_demo_generator
+    from generator.ppgn import load_models
+    from generator.sampler import settings_for
 
     new = load_models("demo", "demo")
     net, _ = trained_demo_network()

@@ -7,7 +7,7 @@ the DataLoader's worker processes), the network alone on ready tensors, and
 the whole recorder (decode, network, reduction, HDF5 writes), as images/s,
 with the share of one image's time spent in decoding vs the network. On a
 machine with a GPU it does the same on the GPU (say which card when you
-report it). Reads ../shared/data/imagenet-samples (or --photos). Asserts nothing about time.
+report it). Reads the optional photos (docs/data.md) or --photos. Asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -15,34 +15,34 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common.data import imagenet_photos
+from generator.images import collate, load_image_set
+from generator.loading import load_network
+from generator.networks import CAFFE_PREPROCESSING
+from generator.record import record
 
-from generator.images import collate, load_image_set  # noqa: E402
-from generator.networks import CAFFE_PREPROCESSING, load_network  # noqa: E402
-from generator.record import record  # noqa: E402
-
-SAMPLES = ROOT.parent / "shared" / "data" / "imagenet-samples"
+SAMPLES = imagenet_photos()  # the optional photos (docs/data.md), or None
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--photos", type=Path, default=SAMPLES,
-                        help=f"a folder of JPEG photos (default: {SAMPLES})")
+                        help="a folder of JPEG photos (default: those of the optional data "
+                             "folder, docs/data.md)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    if not args.photos.is_dir():
-        print(f"{args.photos} is absent: nothing to benchmark")
+    if args.photos is None or not args.photos.is_dir():
+        print(f"no photos ({args.photos or 'none in the optional data folder'}): nothing to "
+              "benchmark; give --photos DIR")
         return 1
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \

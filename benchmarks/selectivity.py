@@ -21,18 +21,15 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from analysis.activations import TableWriter, open_table  # noqa: E402
-from analysis.example import synthetic_activations  # noqa: E402
-from analysis.selectivity import compute  # noqa: E402
+from analysis.activations import TableWriter, open_table
+from analysis.example import synthetic_activations
+from analysis.selectivity import compute
+from common.files import cache_dir
 
 
 def build_table(path: Path, n: int, k: int, u: int, seed: int = 0) -> None:
@@ -141,7 +138,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--naive-sample", type=int, default=8,
                         help="units the naive baseline runs on (extrapolated to all)")
-    parser.add_argument("--cache", default=str(ROOT / ".cache" / "bench"))
+    parser.add_argument("--cache", default=str(cache_dir() / "bench"))
     args = parser.parse_args()
 
     n, k, u = args.images, args.classes, args.units

@@ -54,13 +54,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiment.design import build_design
+from server.audit import check_store
+from server.simulate import percentile, run_simulation
+from server.store import Store
+from server.study import install_study
+from server.study_file import write_study
 
-from experiment.design import build_design, write_study  # noqa: E402
-from server.simulate import check_store, percentile, run_simulation  # noqa: E402
-from server.store import Store  # noqa: E402
-from server.study import load_design  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PG_URL = os.environ.get("BENCH_DATABASE_URL", os.environ.get(
     "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"))
@@ -220,7 +221,7 @@ def run_level(kind: str, level: int, design_root: Path, args) -> dict:
         try:
             store = Store(url)
             store.migrate()
-            load_design(store, design, instance / "images", completion_code="BENCH1")
+            install_study(store, design, instance / "images", completion_code="BENCH1")
             store.dispose()
             sessions = PgSchema.sessions() if schema else None
             server = Gunicorn(instance, url, args.workers, args.threads, args.worker_class)

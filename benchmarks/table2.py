@@ -10,7 +10,6 @@ in the same run (no assertion on times)::
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,11 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from analysis.coding import Coder, imagenet_class_senses  # noqa: E402
-from analysis.example import EXAMPLE_ANSWERS  # noqa: E402
-from analysis.table2 import (  # noqa: E402
+from analysis.coding import Coder, imagenet_class_senses
+from analysis.example import EXAMPLE_ANSWERS
+from analysis.table2 import (
     interpretability,
     kappa_by_layer,
     mixed_model,

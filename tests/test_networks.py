@@ -1,13 +1,14 @@
 """The networks: blob shapes, step order, taps, torchvision weights and preprocessing."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from system_deps import SHARED_PHOTOS
 from torch import nn
 
+from generator.loading import load_weights
 from generator.networks import (
     CAFFE_PREPROCESSING,
     TORCHVISION_PREPROCESSING,
@@ -15,12 +16,12 @@ from generator.networks import (
     WeightsError,
     bvlc_alexnet,
     caffenet,
-    load_weights,
     torchvision_alexnet,
 )
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
-# ../shared/data is not part of the repository: without it these skip (even under CI=true).
+# The optional photos (docs/data.md) are not part of the repository: without them these
+# skip (even under CI=true).
+SAMPLES = SHARED_PHOTOS
 needs_samples = pytest.mark.needs_system("shared_data")
 
 
