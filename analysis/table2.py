@@ -3,28 +3,36 @@
 Per layer:
 
 - % yes responses, over judgments (practice trials never count);
-- % of units with at least ``threshold`` (80%) yes;
-- among those units, % where the humans agree on the object, % where their object matches
-  the unit's top class (TCS), and % where it matches its CCMAS class.
+- % of units with at least ``threshold`` (80%) yes (more than ``threshold`` with
+  ``strict=True``, ``--strict-threshold``);
+- among those units, how far the humans agree on the object, how far their object matches
+  the unit's top class (TCS), and how far it matches its CCMAS class.
 
-Each percentage comes with its n, the binomial standard error ``sqrt(p(1-p)/n)`` (the
-paper's ±) and a Wilson 95% interval. Definitions, for a unit's coded yes answers (free
-text coded to WordNet senses by :mod:`analysis.coding`; uncoded answers are left out of
-these two rules and counted):
+The first two columns are shares, with their n and the binomial standard error
+``sqrt(p(1-p)/n)`` (the paper's ±) and a Wilson 95% interval. The last three are computed
+one of two ways (``agreement``, ``--agreement``), from each unit's coded yes answers (free
+text coded to WordNet senses by :mod:`analysis.coding`; uncoded answers are counted, and
+left out of both the numerators and the denominators):
 
-- the humans **agree** when at least two answers are coded and one of them agrees with
-  every other (a consensus answer);
-- the humans' object **matches** a class when more than half of the coded answers match it.
+- ``"share"`` (the default, as the paper's figures require): per unit, the share of its
+  coded answers that agree with the other humans (the answers that ``Coder.agree`` with the
+  unit's modal answer, when at least two do), that match its top class, that match its
+  CCMAS class; the column is the mean of those shares over the units, ± the standard error
+  of that mean (sample SD, ddof=1, over sqrt(n units)), with a t 95% interval;
+- ``"unit"``: per unit yes or no (the humans agree when at least two answers are coded and
+  one agrees with every other; the object matches a class when more than half of the coded
+  answers match it), and the column is the share of such units, ± the binomial SE.
 
 Beyond the paper: Fleiss' kappa on yes/no per layer, a mixed-effects logistic regression
 of yes on layer (random intercepts for participant and panel), and per layer the relation
 between a unit's share of yes and each selectivity measure (Spearman's rho and a logistic
-fit), with a figure. Layers in the order they first appear in the responses.
+fit), with a figure. Layers in the network's order (:func:`layer_order`).
 
 Command line (from the repository root)::
 
     python analysis/table2.py --responses responses.csv --selectivity RESULTS.csv \\
-        [--codes codes.csv] [--classes imagenet|digits|FILE] [--threshold 0.8] --out DIR
+        [--codes codes.csv] [--classes imagenet|digits|FILE] [--threshold 0.8] \\
+        [--strict-threshold] [--agreement share|unit] --out DIR
 """
 
 from __future__ import annotations
@@ -43,9 +51,10 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "RESPONSE_COLUMNS", "TABLE2_COLUMNS", "INTERPRETABILITY_MEASURES", "Table2Error",
-    "proportion", "read_responses", "read_participants", "select_judgments", "unit_ratings",
-    "unit_objects", "layer_order", "in_layer_order", "table2", "format_markdown", "fleiss_kappa", "kappa_by_layer",
+    "RESPONSE_COLUMNS", "TABLE2_COLUMNS", "UNIT_COLUMNS", "AGREEMENT_MODES",
+    "INTERPRETABILITY_MEASURES", "Table2Error", "proportion", "mean_share", "read_responses",
+    "read_participants", "select_judgments", "unit_ratings", "unit_objects", "layer_order",
+    "in_layer_order", "table2", "format_markdown", "fleiss_kappa", "kappa_by_layer",
     "mixed_model", "interpretability", "plot_interpretability", "main",
 ]
 
@@ -63,7 +72,28 @@ TABLE2_COLUMNS = (
     + [f"pct_match_top_class{s}" for s in _STATS]
     + [f"pct_match_ccmas_class{s}" for s in _STATS]
     + ["n_answers_yes80", "n_answers_uncoded"]
+    # the n of each of the last three columns: the units it averages (share) or counts
+    # (unit; then n_units_yes80 for all three), and how they were scored
+    + ["n_units_agree_humans", "n_units_match_top_class", "n_units_match_ccmas_class",
+       "agreement"]
 )
+
+#: How the last three columns are computed (:func:`table2`'s ``agreement``):
+#: ``share``, the mean over units of each unit's share of coded answers (the paper's);
+#: ``unit``, the share of units scored yes or no.
+AGREEMENT_MODES = ("share", "unit")
+
+#: The last three columns: the table's name and the per-unit detail's stem.
+_OBJECT_COLUMNS = (("pct_agree_humans", "agree_humans"),
+                   ("pct_match_top_class", "match_top_class"),
+                   ("pct_match_ccmas_class", "match_ccmas_class"))
+
+#: Columns of :func:`unit_objects` (and, after layer, unit, n, n_yes, yes_share and yes80,
+#: of ``table2_units.csv``): every unit's counts, per-unit shares and yes/no scores.
+UNIT_COLUMNS = ("layer", "unit", "n_answers", "n_uncoded", "n_coded", "modal_answer",
+                "n_agree_humans", "n_match_top_class", "n_match_ccmas_class",
+                "share_agree_humans", "share_match_top_class", "share_match_ccmas_class",
+                "humans_agree", "match_top_class", "match_ccmas_class")
 
 #: Selectivity measures related to interpretability (those present in the results).
 INTERPRETABILITY_MEASURES = ("ccmas", "tcs", "precision_100", "precision_60", "ccmas_2",
@@ -100,6 +130,30 @@ def proportion(count: int, n: int) -> dict[str, float]:
     low, high = proportion_confint(count, n, alpha=0.05, method="wilson")
     return {"": 100 * p, "_se": 100 * math.sqrt(p * (1 - p) / n), "_ci_low": 100 * low,
             "_ci_high": 100 * high}
+
+
+def mean_share(shares: Iterable[float]) -> dict[str, float]:
+    """The mean of per-unit shares (each in [0, 1]) as a percentage, with the standard error
+    of that mean, ``SD / sqrt(n)`` where SD is the sample standard deviation (ddof=1), and
+    the t 95% interval (n - 1 degrees of freedom) clipped to 0-100. All in 0-100; NaN when
+    there is no share, and SE and interval NaN when there is one (no spread to estimate).
+    The last three columns of Table 2 under ``agreement="share"`` (docs/table2.md)."""
+    values = np.asarray(list(shares), dtype=float)
+    if values.ndim != 1 or not np.all(np.isfinite(values)) or (
+            values.size and (values.min() < 0 or values.max() > 1)):
+        raise ValueError("shares must be finite numbers in [0, 1]")
+    n = values.size
+    if n == 0:
+        return {"": math.nan, "_se": math.nan, "_ci_low": math.nan, "_ci_high": math.nan}
+    mean = float(values.mean())
+    if n == 1:
+        return {"": 100 * mean, "_se": math.nan, "_ci_low": math.nan, "_ci_high": math.nan}
+    from scipy.stats import t
+
+    se = float(values.std(ddof=1)) / math.sqrt(n)
+    half = float(t.ppf(0.975, n - 1)) * se
+    return {"": 100 * mean, "_se": 100 * se, "_ci_low": 100 * max(0.0, mean - half),
+            "_ci_high": 100 * min(1.0, mean + half)}
 
 
 def fleiss_kappa(counts: np.ndarray) -> float:
@@ -233,41 +287,74 @@ def unit_ratings(judgments: pd.DataFrame) -> pd.DataFrame:
     return units
 
 
-def _consensus(codes: Sequence[Any], coder: CoderLike) -> bool:
-    if len(codes) < 2:
-        return False
-    return any(all(coder.agree(a, b) for j, b in enumerate(codes) if j != i)
-               for i, a in enumerate(codes))
+def _modal_group(codes: Sequence[Any], texts: Sequence[str], coder: CoderLike
+                 ) -> tuple[int, int]:
+    """(index, size) of the largest group of coded answers that agree with one of them, the
+    modal answer (itself counted; ``coder.agree(modal, other)``). Ties between candidate
+    modal answers go to the text that sorts first (case-folded, stripped; then the first in
+    the unit's answer order), so the reported answer does not depend on the file's row
+    order; the size, and so every share, is the same whichever is taken. (-1, 0) when there
+    is no answer."""
+    best: tuple[int, str, int] | None = None
+    for i, a in enumerate(codes):
+        support = 1 + sum(bool(coder.agree(a, b)) for j, b in enumerate(codes) if j != i)
+        key = (-support, str(texts[i]).strip().casefold(), i)
+        if best is None or key < best:
+            best = key
+    return (-1, 0) if best is None else (best[2], -best[0])
 
 
-def _majority_match(codes: Sequence[Any], senses: Iterable[int] | None,
-                    coder: CoderLike) -> bool:
+def _hits(codes: Sequence[Any], senses: Iterable[int] | None, coder: CoderLike) -> int:
     if not codes or not senses:
-        return False
-    hits = sum(bool(coder.matches(code, senses)) for code in codes)
-    return hits > len(codes) / 2
+        return 0
+    return sum(bool(coder.matches(code, senses)) for code in codes)
 
 
 def unit_objects(units: pd.DataFrame, selectivity: pd.DataFrame, coder: CoderLike,
                  class_senses: Mapping[int, Iterable[int]]) -> pd.DataFrame:
-    """For each unit of ``units``: the coded answers, whether the humans agree, and whether
-    their object matches the unit's top class and its CCMAS class."""
+    """For each unit of ``units`` (:data:`UNIT_COLUMNS`): its coded answers counted, the
+    answers that agree with the modal answer and that match the unit's top class and its
+    CCMAS class, as counts and as shares of the coded answers (``agreement="share"``), and
+    the unit scored yes or no on each (``agreement="unit"``).
+
+    - ``n_agree_humans``: the size of the modal group (:func:`_modal_group`) when at least
+      two coded answers are in it, else 0; its share is defined from two coded answers on.
+    - ``n_match_*``: the coded answers that match the class; the share is defined from one
+      coded answer on (0 when the class has no synsets).
+    - ``humans_agree``: one coded answer agrees with every other (at least two coded), that
+      is ``n_agree_humans == n_coded >= 2``; ``match_*``: more than half of the coded
+      answers match. Undefined shares are NaN (the unit is left out of that column's mean).
+    """
     classes = selectivity.set_index(["layer", "unit"])[["top_class", "ccmas_class"]]
     rows = []
     for layer, unit, answers in zip(units["layer"], units["unit"], units["answers"],
                                     strict=True):
-        codes = [coder.code(text) for text in answers]
-        coded = [c for c in codes if _is_coded(c)]
+        coded_texts, coded = [], []
+        for text in answers:
+            code = coder.code(text)
+            if _is_coded(code):
+                coded_texts.append(text)
+                coded.append(code)
+        n_coded = len(coded)
+        modal, group = _modal_group(coded, coded_texts, coder)
+        n_agree = group if group >= 2 else 0
         top, ccmas = classes.loc[(layer, unit)]
+        hits_top = _hits(coded, _senses(class_senses, top), coder)
+        hits_ccmas = _hits(coded, _senses(class_senses, ccmas), coder)
         rows.append({
-            "layer": layer, "unit": unit, "n_answers": len(codes),
-            "n_uncoded": len(codes) - len(coded),
-            "humans_agree": _consensus(coded, coder),
-            "match_top_class": _majority_match(coded, _senses(class_senses, top), coder),
-            "match_ccmas_class": _majority_match(coded, _senses(class_senses, ccmas), coder),
+            "layer": layer, "unit": unit, "n_answers": len(answers),
+            "n_uncoded": len(answers) - n_coded, "n_coded": n_coded,
+            "modal_answer": coded_texts[modal] if n_agree else "",
+            "n_agree_humans": n_agree, "n_match_top_class": hits_top,
+            "n_match_ccmas_class": hits_ccmas,
+            "share_agree_humans": n_agree / n_coded if n_coded >= 2 else math.nan,
+            "share_match_top_class": hits_top / n_coded if n_coded else math.nan,
+            "share_match_ccmas_class": hits_ccmas / n_coded if n_coded else math.nan,
+            "humans_agree": n_coded >= 2 and n_agree == n_coded,
+            "match_top_class": 2 * hits_top > n_coded > 0,
+            "match_ccmas_class": 2 * hits_ccmas > n_coded > 0,
         })
-    return pd.DataFrame(rows, columns=["layer", "unit", "n_answers", "n_uncoded",
-                                       "humans_agree", "match_top_class", "match_ccmas_class"])
+    return pd.DataFrame(rows, columns=list(UNIT_COLUMNS))
 
 
 def _is_coded(code: Any) -> bool:
@@ -307,19 +394,47 @@ def _check_units(units: pd.DataFrame, selectivity: pd.DataFrame, where: str) -> 
 
 def table2(judgments: pd.DataFrame, selectivity: pd.DataFrame, coder: CoderLike,
            class_senses: Mapping[int, Iterable[int]], threshold: float = 0.8,
-           where: str = "responses") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Table 2 (one row per layer, :data:`TABLE2_COLUMNS`) and the per-unit detail."""
+           where: str = "responses", *, agreement: str = "share", strict: bool = False
+           ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 2 (one row per layer, :data:`TABLE2_COLUMNS`) and the per-unit detail (one row
+    per rated unit: n, n_yes, yes_share, ``yes80`` and, for the units with ``yes80``, the
+    columns of :data:`UNIT_COLUMNS`).
+
+    ``threshold``: the share of yes that makes a unit count in the last three columns, at
+    least ``threshold`` (the paper's Table 2 header, ">= 80%"), or more than it with
+    ``strict`` (its appendix's "over 80%"; with five raters 4 of 5 yes counts only without
+    ``strict``). ``agreement``: ``"share"`` (the paper's figures: the mean over those units
+    of each unit's share of coded answers that agree / match, ± the SE of that mean,
+    :func:`mean_share`) or ``"unit"`` (the share of those units scored yes, ± the binomial
+    SE, :func:`proportion`); docs/table2.md."""
+    if agreement not in AGREEMENT_MODES:
+        raise Table2Error(f"agreement {agreement!r}: must be one of "
+                          f"{', '.join(AGREEMENT_MODES)}")
     if not 0 < threshold <= 1:
         raise Table2Error(f"threshold {threshold}: must be in (0, 1]")
+    if strict and threshold >= 1:
+        raise Table2Error(f"threshold {threshold} with strict: no unit can have more than "
+                          "100% yes (drop --strict-threshold or lower --threshold)")
     if len(judgments) == 0:
         raise Table2Error(f"{where}: no judgments left (only practice trials, or no complete "
                           "participant; --include-incomplete keeps incomplete ones)")
     units = unit_ratings(judgments)
     _check_units(units, selectivity, where)
-    units["yes80"] = units["yes_share"] >= threshold - 1e-12
+    # the tolerance keeps 4/5 = 0.8 at ">= 0.8" and out of "> 0.8" despite rounding
+    units["yes80"] = (units["yes_share"] > threshold + 1e-12 if strict
+                      else units["yes_share"] >= threshold - 1e-12)
     objects = unit_objects(units[units["yes80"]], selectivity, coder, class_senses)
     detail = units.merge(objects, on=["layer", "unit"], how="left")
+    # the units under the threshold have no object columns: keep counts whole, yes/no boolean
+    for column in ("n_answers", "n_uncoded", "n_coded", "n_agree_humans", "n_match_top_class",
+                   "n_match_ccmas_class"):
+        detail[column] = detail[column].astype("Int64")
+    for column in ("share_agree_humans", "share_match_top_class", "share_match_ccmas_class"):
+        detail[column] = detail[column].astype(float)
+    for column in ("humans_agree", "match_top_class", "match_ccmas_class"):
+        detail[column] = detail[column].astype("boolean")
     rows = []
+    left_out = 0
     for layer in layer_order(judgments, selectivity):
         j = judgments[judgments["layer"] == layer]
         u = detail[detail["layer"] == layer]
@@ -329,13 +444,26 @@ def table2(judgments: pd.DataFrame, selectivity: pd.DataFrame, coder: CoderLike,
         row["n_units"] = len(u)
         _put(row, "pct_units_yes80", len(high), len(u))
         row["n_units_yes80"] = len(high)
-        for name, column in (("pct_agree_humans", "humans_agree"),
-                             ("pct_match_top_class", "match_top_class"),
-                             ("pct_match_ccmas_class", "match_ccmas_class")):
-            _put(row, name, int(high[column].astype(bool).sum()), len(high))
+        for name, stem in _OBJECT_COLUMNS:
+            if agreement == "unit":
+                yes = "humans_agree" if stem == "agree_humans" else stem
+                _put(row, name, int(high[yes].astype(bool).sum()), len(high))
+                n = len(high)
+            else:
+                shares = high[f"share_{stem}"].dropna()
+                for suffix, value in mean_share(shares).items():
+                    row[name + suffix] = value
+                n = len(shares)
+                left_out += len(high) - n
+            row[f"n_units_{stem}"] = n
         row["n_answers_yes80"] = int(high["n_answers"].sum()) if len(high) else 0
         row["n_answers_uncoded"] = int(high["n_uncoded"].sum()) if len(high) else 0
+        row["agreement"] = agreement
         rows.append(row)
+    if left_out:
+        log.info("%d unit-column(s) left out of the means: too few coded answers for a share "
+                 "(agreement needs two, a class match one; n_coded in table2_units.csv)",
+                 left_out)
     return pd.DataFrame(rows, columns=TABLE2_COLUMNS), detail.drop(columns=["answers"])
 
 
@@ -361,26 +489,46 @@ def _put(row: dict[str, Any], name: str, count: int, n: int) -> None:
 
 def _cell(row: pd.Series, name: str, n: int) -> str:
     if n == 0 or math.isnan(row[name]):
-        return "– (n=0)"
-    return f"{row[name]:.1f} ± {row[name + '_se']:.1f} (n={n:,})"
+        return f"– (n={n:,})"
+    se = row[name + "_se"]
+    shown = "–" if math.isnan(se) else f"{se:.1f}"     # one unit: no spread to estimate
+    return f"{row[name]:.1f} ± {shown} (n={n:,})"
 
 
-def format_markdown(table: pd.DataFrame, threshold: float = 0.8) -> str:
-    """Table 2 as Markdown: each percentage ± the binomial SE, with its n."""
+def format_markdown(table: pd.DataFrame, threshold: float = 0.8, strict: bool = False) -> str:
+    """Table 2 as Markdown: each percentage ± its standard error, with its n, and a note
+    saying which ± and which scoring (the table's ``agreement``) it shows."""
     pct = f"{100 * threshold:g}"
-    header = ["layer", "% yes (of judgments)", f"% units with ≥{pct}% yes",
-              "humans agree (% of those units)", "match top class (%)",
-              "match CCMAS class (%)"]
+    agreement = "unit"
+    if "agreement" in table.columns and len(table):
+        agreement = str(table["agreement"].iloc[0])
+    if agreement == "share":
+        objects = ["humans agree (mean % of a unit's answers)",
+                   "match top class (mean % of answers)", "match CCMAS class (mean % of answers)"]
+    else:
+        objects = ["humans agree (% of those units)", "match top class (%)",
+                   "match CCMAS class (%)"]
+    header = ["layer", "% yes (of judgments)",
+              f"% units with {'>' if strict else '≥'}{pct}% yes", *objects]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         n_high = int(row["n_units_yes80"])
         cells = [str(row["layer"]), _cell(row, "pct_yes", int(row["n_judgments"])),
-                 _cell(row, "pct_units_yes80", int(row["n_units"])),
-                 _cell(row, "pct_agree_humans", n_high),
-                 _cell(row, "pct_match_top_class", n_high),
-                 _cell(row, "pct_match_ccmas_class", n_high)]
+                 _cell(row, "pct_units_yes80", int(row["n_units"]))]
+        for name, stem in _OBJECT_COLUMNS:
+            n = row.get(f"n_units_{stem}", n_high)
+            cells.append(_cell(row, name, n_high if pd.isna(n) else int(n)))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    if agreement == "share":
+        note = ("Last three columns: for each unit counted in the second, the share of its "
+                "coded yes answers that agree with its modal answer / match the class; the "
+                "mean of those shares ± SD (ddof=1) / sqrt(n), n the units with a share (two "
+                "coded answers for agreement, one for a match). First two: ± the binomial SE.")
+    else:
+        note = ("Last three columns: the share of the units counted in the second where one "
+                "coded answer agrees with all others / more than half match the class. "
+                "± the binomial SE throughout.")
+    return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 # -- beyond the paper ----------------------------------------------------------------------
@@ -544,11 +692,12 @@ def _class_senses(spec: str, coder) -> dict[int, frozenset[int]]:
 def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog or "python analysis/table2.py",
-        description="Table 2 of the paper: per layer, the %% of yes responses, the %% of "
-                    "units with >=80%% yes, and among those the %% where the humans agree on "
-                    "the object and where it matches the unit's top class and CCMAS class; "
-                    "plus Fleiss' kappa, a mixed-effects logistic regression and the relation "
-                    "of interpretability to each selectivity measure.")
+        description="Table 2 of the paper: per layer, the % of yes responses, the % of "
+                    "units with >=80% yes, and among those how far the humans agree on the "
+                    "object and how far it matches the unit's top class and CCMAS class "
+                    "(--agreement); plus Fleiss' kappa, a mixed-effects logistic regression "
+                    "and the relation of interpretability to each selectivity measure. "
+                    "Definitions: docs/table2.md.")
     parser.add_argument("--responses", required=True,
                         help="responses.csv exported by the server (python -m server export)")
     parser.add_argument("--selectivity", required=True,
@@ -561,7 +710,24 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="class synsets: 'imagenet' (the ILSVRC-2012 classes, default), "
                              "'digits' (the demo's 0-9), or a TSV with columns index, name[, wnid]")
     parser.add_argument("--threshold", type=float, default=0.8,
-                        help="share of yes that makes a unit 'interpretable' (default 0.8)")
+                        help="share of yes that makes a unit 'interpretable' (default 0.8): "
+                             "a unit counts with at least this share (the paper's Table 2 "
+                             "header, '>= 80%%')")
+    parser.add_argument("--strict-threshold", action="store_true",
+                        help="count a unit only with MORE than --threshold yes (the paper's "
+                             "appendix says 'over 80%%'): with 5 raters, >= 80%% is 4 of 5 "
+                             "yes, > 80%% is 5 of 5")
+    parser.add_argument("--agreement", choices=AGREEMENT_MODES, default="share",
+                        help="how the last three columns are computed. 'share' (default; the "
+                             "paper's figures are consistent only with it): for each counted unit, the "
+                             "share of its coded yes answers that agree with its modal "
+                             "answer (the largest group agreeing with one answer, when at "
+                             "least two do) / match its top class / match its CCMAS class; "
+                             "each column is the mean of those shares over the units, "
+                             "± SD (ddof=1) / sqrt(n units). 'unit': each unit scored yes or "
+                             "no (one coded answer agrees with all others / more than half "
+                             "match the class), each column the share of units scored yes, "
+                             "± the binomial SE")
     parser.add_argument("--include-incomplete", action="store_true",
                         help="keep the judgments of participants who did not finish")
     parser.add_argument("--no-extras", action="store_true",
@@ -588,13 +754,14 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         judgments = select_judgments(responses, participants, args.include_incomplete)
         judgments = in_layer_order(judgments, selectivity)
         table, detail = table2(judgments, selectivity, coder, class_senses, args.threshold,
-                               where=args.responses)
+                               where=args.responses, agreement=args.agreement,
+                               strict=args.strict_threshold)
     except (Table2Error, ResultsError, coding.CodingError, coding.WordNetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = format_markdown(table, args.threshold)
+    markdown = format_markdown(table, args.threshold, args.strict_threshold)
     (out / "table2.md").write_text("# Table 2\n\n" + markdown)
     table.to_csv(out / "table2.csv", index=False)
     detail.to_csv(out / "table2_units.csv", index=False)

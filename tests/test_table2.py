@@ -129,6 +129,8 @@ def test_table_recovers_the_set_yes_rates_within_sampling_error():
 
 
 def test_units_agreement_and_class_matches_are_counted_exactly():
+    # agreement="unit": each unit scored yes or no, the column the share of units
+    # (the default, "share", is tested in tests/test_table2_agreement.py)
     rows, sel = [], []
     # fc8: 12 units rated by 5 people. Units 0-5: 5/5 yes, all "c<unit>" (agree, match top);
     # units 6-8: 4/5 yes (>= 80%), answers disagree; units 9-11: 3/5 yes (< 80%).
@@ -142,7 +144,8 @@ def test_units_agreement_and_class_matches_are_counted_exactly():
                          "answer_yes": yes, "object_text": text if yes else ""})
         sel.append({"layer": "fc8", "unit": unit, "top_class": unit,
                     "ccmas_class": unit if unit < 3 else 19})
-    table, detail = table2(pd.DataFrame(rows), pd.DataFrame(sel), ToyCoder(), CLASSES)
+    table, detail = table2(pd.DataFrame(rows), pd.DataFrame(sel), ToyCoder(), CLASSES,
+                           agreement="unit")
     row = table.iloc[0]
     assert row["n_judgments"] == 60 and row["pct_yes"] == pytest.approx(100 * 51 / 60)
     assert row["n_units"] == 12 and row["n_units_yes80"] == 9
@@ -328,6 +331,46 @@ def test_command_line_codes_the_papers_words_against_imagenet_classes(tmp_path, 
     assert table.loc["conv5", "pct_yes"] == pytest.approx(20.0)
     assert "| fc8 | 100.0 ± 0.0 (n=15) | 100.0 ± 0.0 (n=3) |" in printed
     assert (tmp_path / "out" / "table2.md").read_text().startswith("# Table 2")
+    # the default is the paper's: means of per-unit shares (all answers agree and match
+    # their top class; unit 948's apples none of its CCMAS class: (1 + 0 + 1) / 3)
+    assert table.loc["fc8", "agreement"] == "share"
+    units = pd.read_csv(tmp_path / "out" / "table2_units.csv").set_index("unit")
+    assert units.loc[948, "share_match_ccmas_class"] == 0
+    assert units.loc[205, "n_coded"] == 4 and units.loc[205, "share_agree_humans"] == 1
+
+
+@needs_wordnet
+def test_command_line_strict_threshold_and_agreement_options(tmp_path):
+    from analysis.table2 import main
+
+    responses, selectivity = imagenet_study(tmp_path)
+    rows = pd.read_csv(responses)
+    # unit 948 (Granny Smith): the fifth rater says no -> 4 of 5 yes, exactly 80%
+    last = (rows["unit"] == 948) & (rows["participant_id"] == 4)
+    rows.loc[last, ["answer_yes", "object_text"]] = [False, ""]
+    rows.to_csv(responses, index=False)
+    base = ["--responses", str(responses), "--selectivity", str(selectivity), "--no-extras"]
+
+    def run(name, *options):
+        assert main([*base, "--out", str(tmp_path / name), *options]) == 0
+        return (pd.read_csv(tmp_path / name / "table2.csv").set_index("layer"),
+                (tmp_path / name / "table2.md").read_text())
+
+    share, share_md = run("share")
+    strict, strict_md = run("strict", "--strict-threshold")
+    unit, unit_md = run("unit", "--agreement", "unit")
+    assert share.loc["fc8", "n_units_yes80"] == 3 and strict.loc["fc8", "n_units_yes80"] == 2
+    assert "% units with ≥80% yes" in share_md and "% units with >80% yes" in strict_md
+    assert "mean % of a unit's answers" in share_md and "(% of those units)" in unit_md
+    assert unit.loc["fc8", "agreement"] == "unit" and share.loc["fc8", "agreement"] == "share"
+    # units 205, 948 (4 of 5 yes) and 969 match their CCMAS classes with 1, 0 and 1 of their
+    # answers: as shares of units 2/3 (± the binomial SE), as a mean of shares 2/3 (± SE of
+    # the mean); without 948 (strict) both are 100%
+    assert share.loc["fc8", "pct_match_ccmas_class"] == pytest.approx(200 / 3)
+    assert share.loc["fc8", "pct_match_ccmas_class_se"] == pytest.approx(100 / 3)
+    assert unit.loc["fc8", "pct_match_ccmas_class_se"] == pytest.approx(
+        100 * math.sqrt(2 / 9 / 3))
+    assert strict.loc["fc8", "pct_match_ccmas_class"] == pytest.approx(100)
 
 
 @needs_wordnet
