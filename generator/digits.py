@@ -243,11 +243,13 @@ class _Variant(NamedTuple):
     stem: str  # cache file name stem
     seed: int  # default seed
     epochs: int  # default training length
+    label: str  # what the logs call it
 
 
 _VARIANTS: dict[str, _Variant] = {
-    "a": _Variant(demo_network, "demo_net", 0, 20),
-    "b": _Variant(independent_network, "demo_net_b", 1, 20),  # the stem of older caches
+    "a": _Variant(demo_network, "demo_net", 0, 20, "demo network"),
+    "b": _Variant(independent_network, "demo_net_b", 1, 20,  # the stem of older caches
+                  "independent network"),
 }
 
 
@@ -347,8 +349,8 @@ def train_demo_network(
         "seconds": round(seconds, 3), "final_loss": loss.item(), "torch_version": torch.__version__,
         "architecture": architecture_id(model),
     }
-    log.info("demo network %s (seed %d): held-out accuracy %.2f%% after %d steps in %.1f s",
-             variant, seed, 100 * accuracy, total, seconds)
+    log.info("%s (seed %d): held-out accuracy %.2f%% after %d steps in %.1f s",
+             _variant(variant).label, seed, 100 * accuracy, total, seconds)
     return model, metrics
 
 
@@ -491,14 +493,14 @@ def _trained(variant: str, seed: int | None, root: str | os.PathLike | None) -> 
             # a cache trained with another thread count is another network: train again
             model, checksum = load_cached(path, spec.build, {"threads": TRAINING_THREADS})
         except WeightsError as exc:
-            log.warning("demo network %s: cached weights unusable, training again: %s", variant, exc)
+            log.warning("%s: cached weights unusable, training again: %s", spec.label, exc)
         else:
             accuracy = read_metrics(path).get("held_out_accuracy", float("nan"))
-            log.info("demo network %s (seed %d): loaded cached weights %s (held-out accuracy "
-                     "%.2f%%)", variant, seed, path, 100 * accuracy)
+            log.info("%s (seed %d): loaded cached weights %s (held-out accuracy %.2f%%)",
+                     spec.label, seed, path, 100 * accuracy)
             return model.eval(), checksum
-    log.info("demo network %s (seed %d): no cached weights, training (cached at %s)",
-             variant, seed, path)
+    log.info("%s (seed %d): no cached weights, training (cached at %s)", spec.label, seed,
+             path)
     model, metrics = train_demo_network(seed, variant=variant)
     metrics = {**metrics, "trained_on": training_environment(metrics.get("threads"))}
     return model.eval(), save_cached(path, model, metrics)
