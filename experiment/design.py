@@ -12,8 +12,10 @@ Inputs
     *Panels manifest* (CSV): columns ``panel_id, layer, unit, path`` (others are
     ignored). Every cell is read as text; ``unit`` must be a non-negative integer.
     A relative ``path`` is relative to the manifest's own directory.
-    *Practice manifest* (CSV): ``panel_id, path`` and optionally ``label``; the
-    first ``practice_trials`` rows (file order) are the practice trials.
+    *Practice manifest* (CSV): ``panel_id, path`` and optionally ``label`` and
+    ``expected`` (the answer the panel expects: yes, no or empty, carried into the
+    study file where given); the first ``practice_trials`` rows (file order) are the
+    practice trials.
 
 Dealing (deterministic for a seed; one ``numpy.random.default_rng(seed)``)
     1. Sampling: for each layer named in ``sample`` (layer order), ``N`` panels
@@ -86,8 +88,12 @@ log = logging.getLogger("experiment.design")  # also under python -m
 #: Required columns of a panels manifest.
 PANEL_COLUMNS = ("panel_id", "layer", "unit", "path")
 
-#: Required columns of a practice manifest (``label`` is optional).
+#: Required columns of a practice manifest (``label`` and ``expected`` are optional).
 PRACTICE_COLUMNS = ("panel_id", "path")
+
+#: The values of a practice manifest's optional ``expected`` column (the answer a
+#: practice panel expects; empty: not stated).
+PRACTICE_EXPECTED = ("yes", "no")
 
 CLI = DESIGN_CLI
 
@@ -193,9 +199,14 @@ def read_panels(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_practice(path: str | os.PathLike) -> pd.DataFrame:
-    """The practice manifest: ``panel_id, path (absolute str), label (str or None)``."""
+    """The practice manifest: ``panel_id, path (absolute str), label (str or None)`` and,
+    where the file has the column, ``expected`` ("yes", "no" or None)."""
     frame = _read_csv(path, "practice", PRACTICE_COLUMNS)
     problems = _empty_cells(frame, PRACTICE_COLUMNS)
+    if "expected" in frame.columns:
+        problems += [f"line {i + 2}: expected {value!r} is not yes, no or empty"
+                     for i, value in enumerate(frame["expected"])
+                     if value and value not in PRACTICE_EXPECTED]
     if problems:
         raise DesignError(f"{path}: {len(problems)} bad cell(s) in the practice manifest; "
                           f"fix them:\n{listing(problems)}")
@@ -209,6 +220,8 @@ def read_practice(path: str | os.PathLike) -> pd.DataFrame:
         "path": _absolute_paths(frame, Path(path)),
         "label": [lab or None for lab in labels],
     })
+    if "expected" in frame.columns:
+        out["expected"] = [value or None for value in frame["expected"]]
     out.attrs["source"] = str(path)
     log.info("%s: %d practice panels", path, len(out))
     return out
@@ -322,11 +335,14 @@ def _practice(practice: pd.DataFrame, practice_trials: int,
             f"{where}: practice panel id(s) {', '.join(map(repr, clash[:MAX_LISTED]))} are also "
             "main panel ids; rename them so that every id is unique across both manifests")
     labels = chosen["label"] if "label" in chosen.columns else [None] * len(chosen)
+    expected = chosen["expected"] if "expected" in chosen.columns else [None] * len(chosen)
     entries = {}
-    for pid, path, label in zip(ids, chosen["path"], labels, strict=True):
+    for pid, path, label, answer in zip(ids, chosen["path"], labels, expected, strict=True):
         entries[pid] = {"path": os.path.abspath(str(path)),
                         "label": None if label is None or pd.isna(label) or label == ""
                         else str(label)}
+        if answer is not None and not pd.isna(answer) and answer != "":
+            entries[pid]["expected"] = str(answer)  # optional: absent where not stated
     return ids, entries
 
 
@@ -477,7 +493,8 @@ def _parser(prog: str = CLI) -> argparse.ArgumentParser:
                              "CSV's folder)")
     parser.add_argument("--practice", required=True, metavar="CSV",
                         help="practice manifest with columns panel_id, path and optionally "
-                             "label; its first --practice-trials rows are used")
+                             "label and expected (yes/no); its first --practice-trials rows "
+                             "are used")
     parser.add_argument("--lists", required=True, type=int, metavar="N",
                         help="number of lists (at least 1, at most the number of panels)")
     parser.add_argument("--participants", required=True, type=int, metavar="N",

@@ -3,10 +3,11 @@
 :data:`NETWORKS` names every classifier the tools take (``--network``): ``caffenet``,
 ``bvlc_alexnet``, ``alexnet`` (the architectures of :mod:`generator.networks`) and
 ``demo`` (the digits network of :mod:`generator.digits`), each a :class:`NetworkSpec`
-with its preprocessing. :func:`load_weights` reads a weights file into a network (a
-``.caffemodel`` through :mod:`generator.caffe`, or a PyTorch state dict with our keys
-or torchvision's); :func:`load_network` gives a named network ready to run, with the
-SHA-256 of its weights.
+with its preprocessing and the others it takes by name (``--preprocess``: ``authors``
+or ``crop`` for the Caffe networks, :data:`CAFFE_PREPROCESSINGS`). :func:`load_weights`
+reads a weights file into a network (a ``.caffemodel`` through :mod:`generator.caffe`,
+or a PyTorch state dict with our keys or torchvision's); :func:`load_network` gives a
+named network ready to run, with the SHA-256 of its weights.
 
 This module sits above the architectures (:mod:`generator.networks`), the Caffe reader
 (:mod:`generator.caffe`) and the demo's networks (:mod:`generator.digits`); none of
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,6 +28,7 @@ from common.files import sha256_file
 from . import digits
 from .caffe import load_caffe_weights
 from .networks import (
+    AUTHORS_PREPROCESSING,
     CAFFE_PREPROCESSING,
     TORCHVISION_KEYS,
     TORCHVISION_PREPROCESSING,
@@ -43,6 +45,7 @@ from .networks import (
 __all__ = [
     "NetworkSpec",
     "NETWORKS",
+    "CAFFE_PREPROCESSINGS",
     "get_spec",
     "load_weights",
     "load_network",
@@ -53,24 +56,58 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """A network by name: how to build it, how its inputs are made, its classes."""
+    """A network by name: how to build it, how its inputs are made, its classes.
+
+    ``preprocessing`` is the default; ``preprocessings`` names every preprocessing the
+    network takes (``--preprocess NAME``), the default among them.
+    """
 
     name: str
     build: Callable[[], TappedNet]
     preprocessing: Preprocessing
     classes: str  # "imagenet" or "digits"
     description: str
+    preprocessings: Mapping[str, Preprocessing] = field(default_factory=dict)
 
+    def preprocessing_named(self, name: str | None) -> Preprocessing:
+        """The preprocessing called ``name`` (None: the default); ValueError naming the
+        choices if the network has none of that name."""
+        if name is None:
+            return self.preprocessing
+        try:
+            return self.preprocessings[name]
+        except KeyError:
+            raise ValueError(f"{self.name} has no preprocessing {name!r}; choose one of "
+                             f"{', '.join(self.preprocessings)}") from None
+
+    def preprocessing_name(self, preprocessing: Preprocessing) -> str:
+        """The name of ``preprocessing`` among this network's ("custom" if none)."""
+        return next((n for n, p in self.preprocessings.items() if p == preprocessing),
+                    "custom")
+
+
+#: The preprocessings of the Caffe networks, by name: ``authors``, as the paper's
+#: authors recorded CaffeNet (Caffe's Python Transformer: the whole image straight to
+#: 227x227, minus the ILSVRC-2012 mean pixel), and ``crop``, Caffe's ImageNet test-time
+#: input (256x256, then the centre 227x227, minus (104, 117, 123)). docs/networks.md.
+CAFFE_PREPROCESSINGS: dict[str, Preprocessing] = {
+    "authors": AUTHORS_PREPROCESSING,
+    "crop": CAFFE_PREPROCESSING,
+}
 
 NETWORKS: dict[str, NetworkSpec] = {
-    "caffenet": NetworkSpec("caffenet", caffenet, CAFFE_PREPROCESSING, "imagenet",
-                            "bvlc_reference_caffenet (the paper's and PPGN's network)"),
+    # the paper's activations were recorded the authors' way (docs/networks.md)
+    "caffenet": NetworkSpec("caffenet", caffenet, AUTHORS_PREPROCESSING, "imagenet",
+                            "bvlc_reference_caffenet (the paper's and PPGN's network)",
+                            CAFFE_PREPROCESSINGS),
     "bvlc_alexnet": NetworkSpec("bvlc_alexnet", bvlc_alexnet, CAFFE_PREPROCESSING, "imagenet",
-                                "BVLC AlexNet (LRN before pooling)"),
+                                "BVLC AlexNet (LRN before pooling)", CAFFE_PREPROCESSINGS),
     "alexnet": NetworkSpec("alexnet", torchvision_alexnet, TORCHVISION_PREPROCESSING, "imagenet",
-                           "torchvision's AlexNet architecture"),
+                           "torchvision's AlexNet architecture",
+                           {"torchvision": TORCHVISION_PREPROCESSING}),
     "demo": NetworkSpec("demo", digits.demo_network, digits.DEMO_PREPROCESSING, "digits",
-                        "the small digits network (embedded default)"),
+                        "the small digits network (embedded default)",
+                        {"demo": digits.DEMO_PREPROCESSING}),
 }
 
 

@@ -42,7 +42,10 @@ __all__ = [
     "taps_for",
     "Preprocessing",
     "CAFFE_PREPROCESSING",
+    "AUTHORS_PREPROCESSING",
+    "ILSVRC_2012_MEAN_PIXEL",
     "TORCHVISION_PREPROCESSING",
+    "caffe_resize",
     "TORCHVISION_KEYS",
     "caffenet",
     "bvlc_alexnet",
@@ -207,10 +210,14 @@ def torchvision_alexnet(n_classes: int = 1000) -> TappedNet:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Image file -> input tensor, as the network was trained.
+    """Image file -> input tensor, as the network was trained (or as a study recorded it).
 
     ``resize``: "square" resizes to (size, size) (Caffe), "shorter" scales the
     shorter side to ``size`` (torchvision); then a centre crop of ``crop``.
+    ``interpolation``: "pil" resizes with Pillow's bilinear filter (which widens
+    when it shrinks, so it smooths), "caffe" as Caffe's Python ``caffe.io.resize_image``
+    (scikit-image's order-1 resize before 0.15: bilinear at pixel centres, no
+    smoothing, outside pixels at the image's minimum; :func:`caffe_resize`).
     Values: ``pixels * scale`` in ``channels`` order ("BGR", "RGB" or "L"), minus
     ``mean``, divided by ``std`` (per channel, in that order).
     """
@@ -222,6 +229,7 @@ class Preprocessing:
     scale: float
     mean: tuple[float, ...]
     std: tuple[float, ...] = field(default=(1.0, 1.0, 1.0))
+    interpolation: str = "pil"
 
     def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
         # torchvision's rounding (Caffe's integer halving agrees for even margins)
@@ -238,9 +246,15 @@ class Preprocessing:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("L" if self.channels == "L" else "RGB")
-        image = image.resize(self.resized_size(*image.size), Image.BILINEAR)
-        image = image.crop(self.crop_box(*image.size))
-        pixels = np.asarray(image, dtype=np.float32)
+        size = self.resized_size(*image.size)
+        if self.interpolation == "caffe":
+            pixels = caffe_resize(np.asarray(image), size[1], size[0])
+            left, top, right, bottom = self.crop_box(size[0], size[1])
+            pixels = pixels[top:bottom, left:right]
+        else:
+            image = image.resize(size, Image.BILINEAR)
+            image = image.crop(self.crop_box(*image.size))
+            pixels = np.asarray(image, dtype=np.float32)
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
         if self.channels == "BGR":
@@ -250,12 +264,64 @@ class Preprocessing:
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if fields["interpolation"] == "pil":  # as written before the field existed
+            del fields["interpolation"]
+        return json.dumps(fields, sort_keys=True)
+
+
+def _caffe_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For each output pixel along one axis: its two source pixels and their weights."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    low = np.floor(src).astype(np.int64)
+    frac = src - low
+    high = low + 1
+    w_low = np.where((low >= 0) & (low < n_in), 1.0 - frac, 0.0)   # outside: the padding
+    w_high = np.where((high >= 0) & (high < n_in), frac, 0.0)
+    return (np.clip(low, 0, n_in - 1), np.clip(high, 0, n_in - 1),
+            w_low.astype(np.float32), w_high.astype(np.float32))
+
+
+def caffe_resize(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W[, C]) pixels -> float32 (height, width[, C]), as ``caffe.io.resize_image``.
+
+    Caffe's Transformer resizes with scikit-image's ``resize(order=1)`` on the image
+    rescaled to [0, 1] by its own minimum and maximum. In the scikit-image of Caffe's
+    time (before 0.15: no ``anti_aliasing``, ``mode='constant'``) that is bilinear
+    interpolation at pixel centres (output pixel i samples the input at
+    (i + 0.5) * in / out - 0.5), with no smoothing when shrinking, and with the
+    pixels outside the image at 0 of the rescaled image, the image's minimum
+    (this matters only when enlarging, at the border). A constant image stays
+    constant. Computed here axis by axis in float32.
+    """
+    pixels = np.asarray(pixels)
+    lowest = pixels.min() if pixels.size else 0
+    rows = _caffe_taps(pixels.shape[0], height)
+    cols = _caffe_taps(pixels.shape[1], width)
+    shape = (-1,) + (1,) * (pixels.ndim - 1)
+    lowest32 = np.float32(lowest)
+    top = pixels[rows[0]].astype(np.float32) - lowest32
+    bottom = pixels[rows[1]].astype(np.float32) - lowest32
+    out = top * rows[2].reshape(shape) + bottom * rows[3].reshape(shape)
+    shape = (1, -1) + (1,) * (pixels.ndim - 2)
+    out = out[:, cols[0]] * cols[2].reshape(shape) + out[:, cols[1]] * cols[3].reshape(shape)
+    return out + lowest32
 
 
 #: CaffeNet / BVLC AlexNet: 256x256, centre 227, BGR 0-255, mean (104, 117, 123).
 CAFFE_PREPROCESSING = Preprocessing(
     size=256, resize="square", crop=227, channels="BGR", scale=1.0, mean=(104.0, 117.0, 123.0),
+)
+#: The mean pixel (B, G, R) of Caffe's ``python/caffe/imagenet/ilsvrc_2012_mean.npy``
+#: (``mean(1).mean(1)``), what Caffe's Python examples and the paper's authors subtract.
+ILSVRC_2012_MEAN_PIXEL = (104.0069879317889, 116.66876761696767, 122.6789143406786)
+#: As the paper's authors recorded CaffeNet (their ``set_up_caffe_net.py`` and
+#: ``Caffe_AlexNet2.py``): Caffe's Python Transformer on ``caffe.io.load_image``, the
+#: whole image resized straight to 227x227 (:func:`caffe_resize`, no crop), BGR 0-255,
+#: minus :data:`ILSVRC_2012_MEAN_PIXEL`.
+AUTHORS_PREPROCESSING = Preprocessing(
+    size=227, resize="square", crop=227, channels="BGR", scale=1.0,
+    mean=ILSVRC_2012_MEAN_PIXEL, interpolation="caffe",
 )
 #: torchvision: shorter side 256, centre 224, RGB 0-1, ImageNet mean and std.
 TORCHVISION_PREPROCESSING = Preprocessing(

@@ -1,7 +1,11 @@
 """Record a classifier's activations over a labelled image set into an activation table.
 
     python -m generator.record --network caffenet --weights caffenet.caffemodel \\
-        --images /data/ILSVRC2012/val --out caffenet_val.h5
+        --images /data/ILSVRC2012/val --out caffenet_val.h5 [--preprocess authors|crop]
+
+Each network decodes and preprocesses the images its own way (docs/networks.md,
+"Preprocessing"); ``--preprocess`` names another of its ways. CaffeNet's default,
+``authors``, is how the paper's authors recorded it.
 
 How a run is laid out, so that it can stop and go on:
 
@@ -167,11 +171,14 @@ def record(
     segment_images: int = 16384,
     join: str = "auto",
     progress: bool = True,
+    preprocess: str | None = None,
 ) -> Path | None:
     """Record ``layers`` of ``network`` over ``images`` into the table ``out``.
 
-    Returns the table's path once every segment is recorded and joined, or
-    None when other shards still have segments to record.
+    ``preprocess`` names one of the network's preprocessings (None: its default;
+    :meth:`generator.loading.NetworkSpec.preprocessing_named`). Returns the table's path
+    once every segment is recorded and joined, or None when other shards still have
+    segments to record.
     """
     out = Path(out)
     if keep not in ("correct", "all"):
@@ -182,6 +189,7 @@ def record(
         raise RecordError(f"{out} exists: remove it or choose another --out")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, spec, checksum = load_network(network, weights, device=device)
+    preprocessing = spec.preprocessing_named(preprocess)
     image_set = images if isinstance(images, ImageSet) else load_image_set(images, classes)
     unknown = [t for t in layers if t not in model.taps]
     if unknown:
@@ -192,7 +200,7 @@ def record(
                     "correct compare indices", image_set.source, len(image_set.class_names),
                     network, n_classes_out)
     plan = Plan(network, checksum, image_set.source, image_set.fingerprint(), len(image_set),
-                tuple(layers), reduction, keep, spec.preprocessing.to_json(), segment_images)
+                tuple(layers), reduction, keep, preprocessing.to_json(), segment_images)
     parts = _parts_dir(out)
     _check_manifest(parts, plan)
 
@@ -205,13 +213,14 @@ def record(
                    for t, s in shapes.items() if len(s) == 3}
     attrs = {
         "network": network, "weights_sha256": checksum, "images": image_set.source,
-        "preprocessing": spec.preprocessing.to_json(), "keep": keep,
+        "preprocessing": preprocessing.to_json(),
+        "preprocess": spec.preprocessing_name(preprocessing), "keep": keep,
         "software_version": _version(), "torch_version": str(torch.__version__),
     }
     log.info("%s: %d images in %d segments, %d to record here (shard %d/%d), device %s",
              out, len(image_set), n_segments, len(todo), shard[0], shard[1], device)
     if todo:
-        _record_segments(model, image_set, spec.preprocessing, todo, parts, plan, layers,
+        _record_segments(model, image_set, preprocessing, todo, parts, plan, layers,
                          layer_units, layer_attrs, attrs, batch_size, workers, device,
                          progress)
     missing = [k for k in range(n_segments) if not _segment_path(parts, k).exists()]
@@ -460,6 +469,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                              "':pre' for pre-ReLU, e.g. fc6:pre)")
     parser.add_argument("--keep", choices=("correct", "all"), default="correct",
                         help="keep only correctly classified images (default) or all")
+    parser.add_argument("--preprocess", metavar="NAME",
+                        help="how images become inputs: for caffenet and bvlc_alexnet "
+                             "'authors' (the whole image to 227x227 with Caffe's Python "
+                             "Transformer, minus the ILSVRC-2012 mean pixel: how the paper's "
+                             "authors recorded CaffeNet) or 'crop' (256x256, then the centre "
+                             "227x227, minus (104, 117, 123)); default: authors for caffenet, "
+                             "crop for bvlc_alexnet, the network's own for the others")
     parser.add_argument("--reduction", choices=REDUCTIONS, default="max",
                         help="per-channel reduction of conv layers (default: spatial max)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -492,7 +508,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                 keep=args.keep, reduction=args.reduction, classes=args.classes,
                 batch_size=args.batch_size, workers=args.workers, device=device,
                 shard=_parse_shard(args.shard), segment_images=args.segment_images,
-                join=args.join, progress=not args.quiet,
+                join=args.join, progress=not args.quiet, preprocess=args.preprocess,
             )
     except (RecordError, ImageSetError, WeightsError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -14,7 +14,8 @@ The file (docs/study-design.md)::
      "layers": ["conv5", "fc6", "fc8"],
      "panels": {"<id>": {"layer": "fc6", "unit": 12, "path": "...", "sha256": "..."}},
      "practice": ["<id>", ...],
-     "practice_panels": {"<id>": {"path": "...", "label": "<label or null>", "sha256": "..."}},
+     "practice_panels": {"<id>": {"path": "...", "label": "<label or null>", "sha256": "...",
+                                  "expected": "yes|no (optional)"}},
      "lists": [{"id": 1, "target": 5, "panels": ["<id>", ...]}, ...]}
 
 In the file every ``path`` is relative to the file's own directory (``..`` allowed), so a
@@ -125,6 +126,8 @@ def _structure_problems(study: Mapping) -> list[str]:
     for pid, entry in study["practice_panels"].items():
         if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)):
             problems.append(f"practice panel {pid!r}: needs a path")
+        elif entry.get("expected", "yes") not in ("yes", "no"):
+            problems.append(f"practice panel {pid!r}: expected must be yes or no (or absent)")
     for k, lst in enumerate(study["lists"]):
         if not (isinstance(lst, dict) and is_int(lst.get("id")) and is_int(lst.get("target"))
                 and lst["target"] >= 0 and isinstance(lst.get("panels"), list)):

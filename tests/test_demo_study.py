@@ -35,7 +35,7 @@ from experiment.demo import (
     run_stages,
 )
 from generator.images import imagenet_classes
-from generator.panels import PRACTICE_GROUPS, practice_panels
+from generator.panels import MIXED_GROUPS, PRACTICE_GROUPS, practice_panels
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The console script (pyproject.toml's [project.scripts]), installed beside the interpreter.
@@ -151,19 +151,28 @@ def test_a_port_left_in_time_wait_is_free_to_serve_again():
 # -- practice panels ---------------------------------------------------------------------------
 
 def fake_photos(folder: Path, per_group: int = 20) -> None:
-    """Solid-colour stand-ins named like ImageNet photos, ``per_group`` per category."""
+    """Solid-colour stand-ins named like ImageNet photos: ``per_group`` per practice
+    category, and one per class of the mixed panels' categories."""
     wnids = imagenet_classes()[0]
     folder.mkdir(parents=True, exist_ok=True)
+    for g, indices in enumerate(MIXED_GROUPS.values()):
+        for k, i in enumerate(indices):
+            Image.new("RGB", (300, 256), (10 * g, 5 * (k % 50), 200)).save(
+                folder / f"{wnids[i]}.jpg")
     for g, indices in enumerate(PRACTICE_GROUPS.values()):
+        for i in set(indices) - set(indices[:per_group]):
+            (folder / f"{wnids[i]}.jpg").unlink(missing_ok=True)
         for k, i in enumerate(indices[:per_group]):
             Image.new("RGB", (300, 256), (40 * g, 10 * k, 100)).save(folder / f"{wnids[i]}.jpg")
 
 
 def test_practice_panels_from_photos(tmp_path):
+    # the mix, the contents and the expected answers: tests/test_practice_panels.py
     fake_photos(tmp_path / "photos")
     listing = practice_panels(tmp_path / "practice", photos=tmp_path / "photos")
     rows = list(csv.DictReader(listing.open()))
-    assert [r["label"] for r in rows] == list(PRACTICE_GROUPS)
+    assert [r["label"] for r in rows if r["expected"] == "yes"] == list(PRACTICE_GROUPS)
+    assert [r["expected"] for r in rows] == ["yes", "no", "yes", "yes", "no", "yes"]
     for row in rows:
         with Image.open(tmp_path / "practice" / row["path"]) as panel:
             assert panel.size == (5 * 128 + 4 * 2, 4 * 128 + 3 * 2)  # 4x5 photos of 128 px
@@ -184,7 +193,7 @@ def test_practice_panels_say_which_category_lacks_photos(tmp_path):
 def test_practice_panels_of_real_digits_without_photos(tmp_path):
     listing = practice_panels(tmp_path / "practice")
     rows = list(csv.DictReader(listing.open()))
-    assert [r["label"] for r in rows] == ["0", "1", "2", "3", "4", "5"]
+    assert [r["label"] for r in rows] == ["0", "", "1", "2", "", "3"]
     with Image.open(tmp_path / "practice" / rows[0]["path"]) as panel:
         pixels = np.asarray(panel.convert("L"))
     assert pixels.shape == (4 * 64 + 3 * 2, 5 * 64 + 4 * 2)

@@ -12,7 +12,7 @@ from analysis.activations import open_table
 from generator import record as rec
 from generator.images import ImageSetError, imagenet_classes, load_image_set
 from generator.loading import load_network
-from generator.networks import CAFFE_PREPROCESSING
+from generator.networks import AUTHORS_PREPROCESSING
 from generator.record import RecordError, main, record, reduce_activation
 
 
@@ -64,10 +64,11 @@ def test_records_real_photos_and_skips_a_corrupt_file(tmp_path, photos_csv, samp
     assert not (tmp_path / "t.h5.parts").exists()  # copied into one file, parts removed
     # conv5 is the per-channel spatial max of the tap, computed here directly
     torch.manual_seed(0)
-    model, _, _ = load_network("caffenet")
+    model, spec, _ = load_network("caffenet")
     from PIL import Image
 
-    x = torch.stack([CAFFE_PREPROCESSING(Image.open(p)) for p in sample_photos[:4]])
+    assert spec.preprocessing is AUTHORS_PREPROCESSING   # how the paper's authors recorded
+    x = torch.stack([AUTHORS_PREPROCESSING(Image.open(p)) for p in sample_photos[:4]])
     with torch.inference_mode():
         direct = model(x, ["conv5"])["conv5"].amax(dim=(2, 3)).numpy()
     np.testing.assert_allclose(conv5[:4], direct, rtol=1e-5, atol=1e-5)
