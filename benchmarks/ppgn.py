@@ -218,11 +218,13 @@ def main() -> int:
                         projection = max(projection or 0.0, rate)
     if projection:
         # the paper: 256 conv5 + 4,096 fc6 + 1,000 fc8 units, 100 images each;
-        # fc: 200 steps a chain; conv5: one chain of 1,000 steps a unit
+        # fc: 200 steps a chain; conv5: chains of 1,000 steps until 100 samples pass
+        # p > 0.98 (one a unit when all pass, 1 / pass rate on average: the fc layers
+        # dominate either way, at most 10 a unit adding 2.3e6)
         chain_steps = (4096 + 1000) * 100 * 200 + 256 * 1000
         print(f"\nprojected for the paper's 5,352 units x 100 images ({chain_steps:.2e} "
-              f"chain-steps) at the best CaffeNet rate above: {chain_steps / projection / 3600:.1f}"
-              f" hours on this device")
+              f"chain-steps, conv5 at one chain a unit) at the best CaffeNet rate above: "
+              f"{chain_steps / projection / 3600:.1f} hours on this device")
     return 0
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 from common.files import atomic_path
 
 __all__ = ["grid", "save_jpeg", "photo_panel", "receptive_field", "practice_panels",
-           "PRACTICE_GROUPS", "main", "JPEG_QUALITY"]
+           "PRACTICE_GROUPS", "MIXED_GROUPS", "PRACTICE_MIXED", "main", "JPEG_QUALITY"]
 
 #: Quality of panel JPEGs: legible 10x10 grids at a fraction of PNG's size.
 JPEG_QUALITY = 85
@@ -30,7 +30,10 @@ JPEG_QUALITY = 85
 
 def grid(images: np.ndarray, rows: int, cols: int, gap: int = 2,
          background: int = 255) -> np.ndarray:
-    """Tile (N, H, W, C) uint8 images row by row into one image, with ``gap`` pixels between."""
+    """Tile (N, H, W, C) uint8 images row by row into one image, with ``gap`` pixels between.
+
+    Fewer than ``rows * cols`` images (an AM unit short of its images) leave the last
+    cells in the ``background``: visibly blank, never filled with repeats."""
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
@@ -119,35 +122,94 @@ def _photos(items: Sequence[str]) -> list[Path]:
     return out
 
 
-#: Everyday categories for practice panels, as ILSVRC-2012 class indices (the standard
-#: order of ``imagenet1k_classes.tsv``), each with at least 20 classes: a panel shows 20
-#: photos of one category, one photo per class.
+#: Everyday categories for the one-category practice panels, as ILSVRC-2012 class indices
+#: (the standard order of ``imagenet1k_classes.tsv``), each with at least 20 classes: a
+#: panel shows 20 photos of one category, one photo per class.
 PRACTICE_GROUPS: dict[str, tuple[int, ...]] = {
     "dog": tuple(range(151, 269)),
     "bird": (*range(7, 25), *range(80, 101), *range(127, 147)),
-    "monkey": tuple(range(365, 385)),
-    "insect": tuple(range(300, 327)),
     "vehicle": (407, 436, 468, 511, 555, 561, 569, 609, 627, 654, 656, 661, 675, 717, 734, 751,
-            757, 779, 803, 817, 864, 866, 867, 874),
-    "snake or lizard": tuple(i for i in range(33, 69) if i not in (49, 50, 51)),
+                757, 779, 803, 817, 864, 866, 867, 874),
+    "insect": tuple(range(300, 327)),
 }
+
+#: Unrelated categories for the mixed practice panels (ILSVRC-2012 class indices, no class
+#: in two of them): a mixed panel shows one photo from each of 20 of them, so that no
+#: everyday object, place or animal is there more than once. Related kinds share one
+#: category (every animal is "animal"; road vehicles, boats and aircraft are "vehicle";
+#: fruit, vegetables and dishes "food"; garments, shoes and hats "clothing").
+MIXED_GROUPS: dict[str, tuple[int, ...]] = {
+    "animal": tuple(range(0, 398)),
+    "vehicle": (407, 436, 468, 511, 555, 561, 569, 609, 627, 654, 656, 661, 675, 717, 734, 751,
+                757, 779, 803, 817, 864, 866, 867, 874,      # road
+                472, 484, 510, 554, 576, 625, 628, 724, 780, 814, 833, 871, 914,   # water
+                404, 405, 812, 895),                           # air
+    "food": (*range(924, 929), *range(930, 936), *range(936, 946), *range(948, 958),
+             959, 962, 963, 964, 965),
+    "clothing": (399, 474, 568, 608, 610, 614, 834, 841, 869,
+                 502, 514, 630, 770, 774,                     # shoes
+                 452, 515, 667, 808),                         # hats
+    "musical instrument": (401, 402, 420, 432, 486, 513, 546, 558, 566, 579, 593, 594, 642,
+                           683, 776, 875, 881, 889),
+    "ball": (429, 430, 522, 574, 722, 768, 805, 852, 890),
+    "building": (425, 437, 483, 497, 663, 668, 698),
+    "landscape": (970, 972, 974, 975, 976, 978, 979, 980),
+    "furniture": (423, 453, 526, 532, 559, 564, 765, 831, 857),
+    "tool": (587, 596, 726, 740, 784, 792),
+    "computer": (508, 527, 590, 620, 664, 673, 681),
+    "clock": (409, 530, 531, 892),
+    "cooking pot or pan": (469, 544, 567, 849, 909),
+    "bottle": (440, 720, 737, 898, 907),
+    "mushroom": (947, 992, 993, 994, 995, 996, 997),
+    "flower": (985, 986),
+    "bridge": (821, 839, 888),
+    "lamp": (470, 619, 846),
+    "bag": (414, 636, 728, 748, 893),
+    "fence": (489, 716, 825, 912),
+    "home appliance": (534, 651, 760, 859, 882, 897),
+    "camera": (732, 759),
+    "telephone": (487, 528, 707),
+}
+
+#: How many of the practice panels are mixed (the others one category each): of the
+#: study's six, four one-category panels and two mixed ones.
+PRACTICE_MIXED = 2
+
+
+def _mixed_positions(total: int, mixed: int) -> set[int]:
+    """Where the mixed panels go among ``total``: spread evenly, never first when there is
+    room (6 panels, 2 mixed: the 2nd and the 5th)."""
+    return {int((k + 0.5) * total / mixed) for k in range(mixed)} if mixed else set()
 
 
 def practice_panels(out: str | Path, *, photos: str | Path | None = None,
                     groups: dict[str, Sequence[int]] | None = None, per_panel: int = 20,
-                    rows: int = 4, cols: int = 5, seed: int = 0) -> Path:
-    """Practice panels and their listing ``practice.csv`` (``panel_id, path, label``).
+                    rows: int = 4, cols: int = 5, seed: int = 0,
+                    mixed: int = PRACTICE_MIXED,
+                    mixed_groups: dict[str, Sequence[int]] | None = None) -> Path:
+    """Practice panels, their listing ``practice.csv`` (``panel_id, path, label, expected``)
+    and what each shows, ``practice_contents.csv`` (``panel_id, position, photo, group``).
+
+    The panels vary in how interpretable they are, as the paper's practice trials did:
+    one panel per category of ``groups`` (``expected`` "yes", ``label`` the category) and
+    ``mixed`` panels of unrelated photos (``expected`` "no", no label), spread among
+    them (the default six: one-category, mixed, one-category, one-category, mixed,
+    one-category).
 
     From ``photos``, a folder of ImageNet photos named ``<wnid>.jpg`` (one per class, as
-    the optional data folder's, :mod:`common.data`): one panel per category of ``groups`` (default
-    :data:`PRACTICE_GROUPS`), ``per_panel`` photos drawn without replacement by ``seed``.
-    Without ``photos``: real digits from scikit-learn's set, one panel per digit 0-5
-    (for machines without the photos; the embedded default's own image kind).
+    the optional data folder's, :mod:`common.data`): a one-category panel shows
+    ``per_panel`` photos of its category of ``groups`` (default :data:`PRACTICE_GROUPS`),
+    one per class; a mixed panel shows one photo from each of ``per_panel`` categories of
+    ``mixed_groups`` (default :data:`MIXED_GROUPS`). No photo is in two panels; all drawn
+    by ``seed``. Without ``photos``: real digits from scikit-learn's set (for machines
+    without the photos; the embedded default's own image kind), a one-digit panel per
+    digit 0, 1, 2, ... and mixed panels with every digit equally often (twice in 20).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    made: list[tuple[str, str, str]] = []
+    single: list[tuple[str, str, np.ndarray, list[tuple[str, str]]]] = []
+    mixes: list[tuple[str, str, np.ndarray, list[tuple[str, str]]]] = []
     if photos is not None:
         folder = Path(photos)
         if not folder.is_dir():
@@ -155,6 +217,7 @@ def practice_panels(out: str | Path, *, photos: str | Path | None = None,
         from .images import imagenet_classes  # (which imports torch)
 
         wnids = imagenet_classes()[0]
+        used: set[Path] = set()
         for label, indices in (groups or PRACTICE_GROUPS).items():
             files = [folder / f"{wnids[i]}.jpg" for i in indices]
             files = [f for f in files if f.is_file()]
@@ -163,27 +226,73 @@ def practice_panels(out: str | Path, *, photos: str | Path | None = None,
                                  f"{len(indices)} classes have a photo in {folder}, "
                                  f"{per_panel} are needed")
             chosen = rng.sample(files, per_panel)
-            name = f"practice_{label.replace(' ', '_')}"
-            save_jpeg(photo_panel(chosen, rows, cols), out / f"{name}.jpg")
-            made.append((name, f"{name}.jpg", label))
+            used.update(chosen)
+            single.append((f"practice_{label.replace(' ', '_')}", label,
+                           photo_panel(chosen, rows, cols),
+                           [(f.name, label) for f in chosen]))
+        pools = {name: [f for f in (folder / f"{wnids[i]}.jpg" for i in indices)
+                        if f.is_file()] for name, indices in (mixed_groups or MIXED_GROUPS).items()}
+        for k in range(mixed):
+            open_groups = sorted(g for g, files in pools.items() if set(files) - used)
+            if len(open_groups) < per_panel:
+                raise ValueError(f"mixed practice panel {k + 1}: {len(open_groups)} unrelated "
+                                 f"categories have an unused photo in {folder}, {per_panel} "
+                                 "are needed (one photo from each)")
+            contents = []
+            for group in rng.sample(open_groups, per_panel):
+                photo = rng.choice(sorted(set(pools[group]) - used))
+                used.add(photo)
+                contents.append((photo, group))
+            mixes.append((f"practice_mixed_{k + 1}", "",
+                          photo_panel([p for p, _ in contents], rows, cols),
+                          [(p.name, g) for p, g in contents]))
     else:
         from sklearn.datasets import load_digits  # a slow import, for this alone
 
         digits = load_digits()
-        for digit in range(6):
-            pick = np.flatnonzero(digits.target == digit)
-            chosen = sorted(rng.sample(list(pick), per_panel))
-            cells = []
+        free = {d: list(np.flatnonzero(digits.target == d)) for d in range(10)}
+
+        def cells(chosen) -> np.ndarray:
+            tiles = []
             for i in chosen:
                 small = Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8))
-                cells.append(np.asarray(small.resize((64, 64), Image.BILINEAR)))
-            name = f"practice_digit_{digit}"
-            save_jpeg(grid(np.stack(cells), rows, cols), out / f"{name}.jpg")
-            made.append((name, f"{name}.jpg", str(digit)))
+                tiles.append(np.asarray(small.resize((64, 64), Image.BILINEAR)))
+            return grid(np.stack(tiles), rows, cols)
+
+        for digit in range(len(groups or PRACTICE_GROUPS)):
+            chosen = sorted(rng.sample(free[digit], per_panel))
+            free[digit] = [i for i in free[digit] if i not in chosen]
+            single.append((f"practice_digit_{digit}", str(digit), cells(chosen),
+                           [(f"digits:{i}", str(digit)) for i in chosen]))
+        for k in range(mixed):
+            chosen = []
+            for position in range(per_panel):
+                digit = position % 10
+                pick = rng.choice(free[digit])
+                free[digit].remove(pick)
+                chosen.append(int(pick))
+            rng.shuffle(chosen)
+            mixes.append((f"practice_mixed_digits_{k + 1}", "", cells(chosen),
+                          [(f"digits:{i}", str(int(digits.target[i]))) for i in chosen]))
+    total = len(single) + len(mixes)
+    at = _mixed_positions(total, len(mixes))
+    ordered = []
+    singles, mixed_ones = iter(single), iter(mixes)
+    for position in range(total):
+        ordered.append(next(mixed_ones) if position in at else next(singles))
+    made, contents_rows = [], []
+    for name, label, pixels, contents in ordered:
+        save_jpeg(pixels, out / f"{name}.jpg")
+        made.append((name, f"{name}.jpg", label, "yes" if label else "no"))
+        contents_rows += [(name, i, photo, group) for i, (photo, group) in enumerate(contents)]
+    with atomic_path(out / "practice_contents.csv") as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["panel_id", "position", "photo", "group"])
+        writer.writerows(contents_rows)
     listing = out / "practice.csv"
     with atomic_path(listing) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["panel_id", "path", "label"])
+        writer.writerow(["panel_id", "path", "label", "expected"])
         writer.writerows(made)
     return listing
 
@@ -200,9 +309,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     photos.add_argument("--cell", type=int, default=128, help="pixels per photo (default 128)")
     practice = sub.add_parser(
         "practice", help="the study's practice panels and practice.csv",
-        description="One 4x5 panel per everyday category (dog, bird, monkey, insect, vehicle, "
-                    "snake or lizard) from a folder of ImageNet photos named <wnid>.jpg, or "
-                    "with --digits, one panel of real digits per digit 0-5.")
+        description="Six 4x5 panels from a folder of ImageNet photos named <wnid>.jpg: four "
+                    "of one everyday category each (dog, bird, vehicle, insect; expected "
+                    "answer yes) and two mixed panels of 20 unrelated photos (expected "
+                    "answer no), in the order dog, mixed, bird, vehicle, mixed, insect. With "
+                    "--digits, the same of real digits: one digit each (0, 1, 2, 3) and two "
+                    "mixed panels with every digit twice. Writes practice.csv (panel_id, "
+                    "path, label, expected) and practice_contents.csv (what each panel shows).")
     source = practice.add_mutually_exclusive_group(required=True)
     source.add_argument("--photos", help="folder of <wnid>.jpg photos, one per ImageNet class")
     source.add_argument("--digits", action="store_true", help="real digits instead")

@@ -8,11 +8,13 @@ resumable per unit, and the manifests the study design reads.
 independent classifier where there is one (the demo's: :func:`generator.digits.
 trained_independent_network`), whose verdicts on the images are recorded beside the
 network's. :func:`generate` runs the chains of :mod:`generator.sampler` for a layer's units
-and writes, per unit, its images (``units/<layer>_<unit>.npz``), its panel
-(``panels/<layer>_<unit>.jpg``) and its figures (``units/<layer>_<unit>.json``, written
-last: a unit with it is done); then ``manifest_<layer>.csv`` and ``manifest.csv``
-(:func:`write_manifest`). ``settings_<layer>.json`` records the settings, the seed and the
-SHA-256 of the weights; a folder made with other settings is refused.
+(as many chains a unit as it takes for its images to pass the threshold, up to a cap on
+its chain-steps) and writes, per unit, its images (``units/<layer>_<unit>.npz``), its
+panel (``panels/<layer>_<unit>.jpg``) and its figures (``units/<layer>_<unit>.json``,
+written last: a unit with it is done); then ``manifest_<layer>.csv`` and
+``manifest.csv`` (:func:`write_manifest`). ``settings_<layer>.json`` records the
+settings, the seed and the SHA-256 of the weights (a folder made with other settings is
+refused), and once the layer is done its pass rate and chain counts.
 
 Speed on the CPU (``benchmarks/ppgn.py`` measures it): :func:`load_models`
 gives the sampler copies of the networks made for gradients to the input
@@ -61,10 +63,15 @@ __all__ = [
     "parse_units",
     "parse_sample",
     "sample_units",
+    "TILES",
     "panel_box",
+    "CAP_FACTOR",
+    "samples_per_chain",
+    "chain_budget",
     "generate",
     "MANIFEST_COLUMNS",
     "write_manifest",
+    "layer_summary",
     "main",
 ]
 
@@ -200,38 +207,148 @@ def sample_units(units: Sequence[int], k: int, seed: int, layer: str) -> list[in
     return sorted(sorted(set(units), key=rank)[:k])
 
 
-class _UnitCollector:
-    """A unit's samples: every chain's final image, or the best kept ones."""
+#: The default cap on a unit's chain-steps (``max_chain_steps``), as a multiple of the
+#: chain-steps it takes when every sample passes: 10 chains of 1,000 steps for conv5.
+CAP_FACTOR = 10
 
-    def __init__(self, keep: int):
-        self.keep = keep
-        self.samples: list[tuple] = []
-
-    def add(self, sample: Sample, pixels: np.ndarray, top: int, independent_top: int | None,
-            above: bool) -> None:
-        self.samples.append((not above, -sample.activation, sample.chain, sample.step,
-                             sample.activation, pixels, top, independent_top))
-        if len(self.samples) > 2 * self.keep:
-            self.samples.sort(key=lambda s: s[:4])
-            del self.samples[self.keep:]
-
-    def best(self) -> list[tuple]:
-        return sorted(self.samples, key=lambda s: s[:4])[:self.keep]
+#: How a panel's samples are chosen (recorded in ``settings_<layer>.json``).
+SELECTION = ("the first images_per_unit samples that pass (p_k > threshold; all without "
+             "one), in order of chain and step; chains run until they are reached or "
+             "max_chain_steps is spent")
 
 
-def panel_box(models: Models, target: Target) -> tuple[int, int, int, int] | None:
-    """(top, left, bottom, right) of G's image that a conv target sees, or None for fc.
+def samples_per_chain(settings: Settings) -> int:
+    """Samples (passing or not) a chain yields: steps 0, k, 2k ... steps; else its last."""
+    return settings.steps // settings.keep_every + 1 if settings.keep_every else 1
 
-    The receptive field is in the classifier's input, the centre crop of G's image.
+
+def chain_budget(settings: Settings, images_per_unit: int,
+                 max_chain_steps: int | None = None) -> tuple[int, int, int]:
+    """(chains a unit takes when every sample passes, max_chain_steps, chains it allows).
+
+    The default cap is :data:`CAP_FACTOR` times the chain-steps of the first."""
+    min_chains = -(-images_per_unit // samples_per_chain(settings))
+    steps = max(1, settings.steps)
+    if max_chain_steps is None:
+        max_chain_steps = CAP_FACTOR * min_chains * steps
+    if max_chain_steps < steps:
+        raise ValueError(f"--max-chain-steps {max_chain_steps}: a chain takes {steps} steps")
+    return min_chains, max_chain_steps, max_chain_steps // steps
+
+
+class _UnitRun:
+    """A unit's chains as their results come in, taken in chain order: the first
+    ``target`` samples that pass, and the counts of the chains taken."""
+
+    def __init__(self, target: int, max_chains: int, per_chain: int):
+        self.target, self.max_chains, self.per_chain = target, max_chains, per_chain
+        self.kept: list[tuple] = []  # (sample, pixels, top, independent top), in order
+        self.passed = 0  # samples of the chains taken that pass (may exceed target)
+        self.candidates = 0  # samples of the chains taken
+        self.chains = 0  # chains taken: 0 .. chains - 1
+        self.scheduled = 0  # chains handed to batches: 0 .. scheduled - 1
+        self._ahead: dict[int, tuple[int, list[tuple]]] = {}  # results ahead of their turn
+
+    @property
+    def done(self) -> bool:
+        return len(self.kept) >= self.target or self.chains >= self.max_chains
+
+    def add(self, chain: int, candidates: int, passed: list[tuple]) -> bool:
+        """A chain's results; False when they are not needed (the unit was done)."""
+        if self.done:
+            return False
+        self._ahead[chain] = (candidates, passed)
+        while not self.done and self.chains in self._ahead:
+            n, ok = self._ahead.pop(self.chains)
+            self.chains += 1
+            self.candidates += n
+            self.passed += len(ok)
+            self.kept += ok[:self.target - len(self.kept)]
+        return True
+
+    def wanted(self) -> int:
+        """Chains to have handed out: those taken, and as many more as the samples still
+        missing need at the unit's pass rate so far (every sample passing before its
+        first chain is in; all it may run when none has passed)."""
+        rate = self.passed / self.chains if self.chains else self.per_chain
+        missing = self.target - len(self.kept)
+        more = self.max_chains if rate == 0 else math.ceil(missing / rate)
+        return min(self.max_chains, self.chains + more)
+
+
+class _Schedule:
+    """Which chains run next: the units in order, each given chains until its samples
+    are in (:class:`_UnitRun`). A chain's images do not depend on its batch, so the
+    units' panels do not depend on how the chains were batched."""
+
+    def __init__(self, units: Sequence[int], target: int, max_chains: int, per_chain: int,
+                 speculate: bool):
+        self.queue = deque(units)
+        self.active: dict[int, _UnitRun] = {}  # started, not saved; in order
+        self.args = (target, max_chains, per_chain)
+        self.speculate = speculate
+        self.chains_run = 0
+        self.chains_unused = 0
+
+    def next_batch(self, size: int) -> list[tuple[int, int]]:
+        rows: list[tuple[int, int]] = []
+
+        def give(unit: int, run: _UnitRun, k: int) -> None:
+            k = max(0, min(k, size - len(rows), run.max_chains - run.scheduled))
+            rows.extend((unit, run.scheduled + i) for i in range(k))
+            run.scheduled += k
+
+        for unit, run in self.active.items():
+            if len(rows) == size:
+                break
+            if not run.done:
+                give(unit, run, run.wanted() - run.scheduled)
+        while self.queue and len(rows) < size:
+            unit = self.queue.popleft()
+            run = self.active[unit] = _UnitRun(*self.args)
+            give(unit, run, run.wanted())
+        # a batch runs at its full size anyway (padded): with a threshold, its spare rows
+        # run the next chains of units still going, taken if those units need them
+        while self.speculate and rows and len(rows) < size:
+            spare = [(u, r) for u, r in self.active.items()
+                     if not r.done and r.scheduled < r.max_chains]
+            if not spare:
+                break
+            for unit, run in spare:
+                give(unit, run, 1)
+        self.chains_run += len(rows)
+        return rows
+
+
+#: What a panel's tiles show (``--tile``): see :func:`panel_box`.
+TILES = ("crop", "full")
+
+
+def panel_box(models: Models, target: Target,
+              tile: str = "crop") -> tuple[int, int, int, int] | None:
+    """(top, left, bottom, right) of G's image that a panel's tile shows; None: all of it.
+
+    ``tile="crop"``: what the target sees: for a conv unit its receptive field, for an
+    fc unit the classifier's input (``Models.crop`` of G's image: CaffeNet's centre 227
+    of DeePSiM's 256, as PPGN saves its images). ``"full"``: G's whole image.
     """
-    if target.location is None:
+    if tile not in TILES:
+        raise ValueError(f"tile must be one of {', '.join(TILES)}, not {tile!r}")
+    if tile == "full":
         return None
-    top, left, bottom, right = receptive_field(models.classifier, target.tap, target.location)
     device = next(models.generator.parameters()).device
     with torch.no_grad():
-        full = models.generator(torch.zeros(1, models.code_dim, device=device)).shape[-2:]
-    _, in_h, in_w = models.classifier.input_shape
-    dy, dx = (full[0] - in_h) // 2, (full[1] - in_w) // 2
+        shape = models.generator(torch.zeros(1, models.code_dim, device=device)).shape
+    if len(shape) != 4:  # not images
+        return None
+    height, width = shape[-2:]
+    where = torch.arange(height * width, dtype=torch.float64).reshape(1, 1, height, width)
+    seen = models.crop(where.expand(*shape[:2], height, width))  # the crop of an index map
+    dy, dx = divmod(int(seen[0, 0, 0, 0]), width)
+    top, left, bottom, right = (0, 0, *seen.shape[-2:])
+    if target.location is not None:
+        top, left, bottom, right = receptive_field(models.classifier, target.tap,
+                                                   target.location)
     return top + dy, left + dx, bottom + dy, right + dx
 
 
@@ -243,15 +360,24 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
              images_per_unit: int = 100, batch_chains: int = 64, seed: int = 0,
              settings: Settings | None = None, shard: tuple[int, int] = (0, 1),
              amp: bool = False, progress: bool = True, workers: int | None = None,
-             record: dict | None = None) -> Path | None:
+             record: dict | None = None, max_chain_steps: int | None = None,
+             tile: str = "crop") -> Path | None:
     """AM images and a panel for every unit; returns the manifest once all units are done.
 
-    Chains run in batches of ``batch_chains`` rows (the last one padded: a chain's
-    images depend on the batch size, not on its neighbours). On the CPU, ``workers``
-    batches run at once, each in its own thread with one intra-op thread (default: one
-    per available CPU, :func:`common.cpus.available_cpus`); the images are the same for
-    any number of workers. On a GPU one batch runs at a time (``workers`` 1).
-    ``record``: more entries for ``settings_<layer>.json`` (e.g. how units were drawn).
+    A unit's panel holds the first ``images_per_unit`` samples that pass the settings'
+    threshold, in order of chain and step; its chains run until they are in or the
+    unit's chain-steps reach ``max_chain_steps`` (default: :func:`chain_budget`). A unit
+    that falls short keeps what passed: its figures say so (``short``, ``n_images``,
+    ``pass_rate``), its panel leaves the cells it lacks blank, and the run logs it.
+    ``tile``: what a panel's tiles show (:func:`panel_box`).
+
+    Chains run in batches of ``batch_chains`` rows (rows no unit needs run throwaway or
+    spare chains: a chain's images depend on the batch size, not on its neighbours). On
+    the CPU, ``workers`` batches run at once, each in its own thread with one intra-op
+    thread (default: one per available CPU, :func:`common.cpus.available_cpus`); the
+    images are the same for any number of workers. On a GPU one batch runs at a time
+    (``workers`` 1). ``record``: more entries for ``settings_<layer>.json`` (e.g. how units
+    were drawn).
     """
     from tqdm.auto import tqdm  # only where a run shows progress: a slow import
 
@@ -261,22 +387,25 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
     side = math.isqrt(images_per_unit)
     if side * side != images_per_unit:
         raise ValueError(f"images per unit must be a square (100 = 10x10), got {images_per_unit}")
-    if settings.keep_every:
-        per_chain = settings.steps // settings.keep_every
-        chains_per_unit = max(1, -(-images_per_unit // per_chain))
-    else:
-        chains_per_unit = images_per_unit
+    min_chains, max_chain_steps, max_chains = chain_budget(settings, images_per_unit,
+                                                           max_chain_steps)
+    box = panel_box(models, target, tile)
     record = {"layer": layer, "target": asdict(target), "settings": asdict(settings),
               "seed": seed, "amp": amp,
-              "init": "real codes" if models.init_codes is not None else "|N(0,1)|", "images_per_unit": images_per_unit,
-              "chains_per_unit": chains_per_unit, **models.ids, **(record or {})}
+              "init": "real codes" if models.init_codes is not None else "N(0,1)",
+              "images_per_unit": images_per_unit, "samples_per_chain":
+              samples_per_chain(settings), "max_chain_steps": max_chain_steps,
+              "max_chains_per_unit": max_chains, "selection": SELECTION, "tile": tile,
+              "tile_box": box, **models.ids, **(record or {})}
     (out / "units").mkdir(parents=True, exist_ok=True)
     (out / "panels").mkdir(parents=True, exist_ok=True)
     settings_file = out / f"settings_{layer}.json"
     if settings_file.exists():
         old = json.loads(settings_file.read_text())
-        if old != json.loads(json.dumps(record)):
-            diff = sorted(k for k in record if old.get(k) != json.loads(json.dumps(record))[k])
+        old.pop("summary", None)  # the figures of a finished layer, added by write_manifest
+        new = json.loads(json.dumps(record))
+        if old != new:
+            diff = sorted(k for k in {*new, *old} if old.get(k) != new.get(k))
             raise ValueError(f"{out} holds {layer} panels made with other settings "
                              f"({', '.join(diff)}); use another --out")
     else:
@@ -284,43 +413,75 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
 
     mine = [u for i, u in enumerate(units) if i % shard[1] == shard[0]]
     todo = [u for u in mine if not (out / "units" / f"{_unit_stem(layer, u)}.json").exists()]
-    rows = [(u, c) for u in todo for c in range(chains_per_unit)]
-    box = panel_box(models, target)
     sampler = Sampler(models.generator, models.classifier, target, settings=settings,
                       crop=models.crop, code_dim=models.code_dim, seed=seed, layer_name=layer,
                       init_codes=models.init_codes, amp=amp)
-    collectors = {u: _UnitCollector(images_per_unit) for u in todo}
-    chains_left = {u: chains_per_unit for u in todo}
-    batches = [rows[b:b + batch_chains] for b in range(0, len(rows), batch_chains)]
+    schedule = _Schedule(todo, images_per_unit, max_chains, samples_per_chain(settings),
+                         speculate=settings.threshold is not None)
     on_cpu = next(models.generator.parameters()).device.type == "cpu"
-    workers = max(1, min(len(batches), (workers or available_cpus()) if on_cpu else 1))
+    batches = -(-len(todo) * min_chains // batch_chains)  # at least; more with a threshold
+    workers = (workers or available_cpus()) if on_cpu else 1
+    workers = max(1, workers if settings.threshold is not None else min(workers, batches))
+    blank = _pixel_shape(models)
 
-    def run_batch(batch: list[tuple[int, int]]) -> list[tuple]:
-        b_units, b_chains = zip(*batch, strict=True)
-        samples = list(sampler.run(b_units, b_chains, pad_to=batch_chains))
-        return _collect(models, samples)
+    def run_batch(rows: list[tuple[int, int]]) -> list[tuple]:
+        b_units, b_chains = zip(*rows, strict=True)
+        counts = dict.fromkeys(rows, 0)
+        passed: dict[tuple[int, int], list[tuple]] = {row: [] for row in rows}
+        waiting: list[Sample] = []
+        for sample in sampler.run(b_units, b_chains, pad_to=batch_chains):
+            counts[sample.unit, sample.chain] += 1
+            if sample.passed:
+                waiting.append(sample)
+            if len(waiting) >= batch_chains:  # pixels now: the float images go
+                for item in _collect(models, waiting):
+                    passed[item[0].unit, item[0].chain].append(item)
+                waiting = []
+        for item in _collect(models, waiting):
+            passed[item[0].unit, item[0].chain].append(item)
+        return [(row, counts[row], passed[row]) for row in rows]
 
-    bar = tqdm(total=len(rows), unit="chain", desc=f"AM {layer}", disable=not progress,
+    bar = tqdm(total=len(todo), unit="unit", desc=f"AM {layer}", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
     started = time.perf_counter()
+    short: list[tuple[int, _UnitRun]] = []
     with ExitStack() as stack:
         stack.callback(bar.close)
         if on_cpu:  # one intra-op thread per worker: the images do not depend on the CPUs
             stack.enter_context(torch_threads(1))
         pool = stack.enter_context(worker_pool(workers, 1 if on_cpu else torch.get_num_threads()))
         pending: deque = deque()
-        stack.callback(lambda: [future.cancel() for _, future in pending])  # on errors
-        for i, batch in enumerate(batches + [None] * workers):
-            if batch is not None:  # in order: `workers` batches run while one is saved
-                pending.append((batch, pool.submit(run_batch, batch)))
-            if i >= workers and pending:
-                _finish(*pending.popleft(), collectors, chains_left, bar, out, layer, side,
-                        box, target, settings)
-    if rows:
+        stack.callback(lambda: [future.cancel() for future in pending])  # on errors
+        while True:
+            while len(pending) <= workers:  # one batch more than workers: none waits on saving
+                rows = schedule.next_batch(batch_chains)
+                if not rows:
+                    break
+                pending.append(pool.submit(run_batch, rows))
+            if not pending:
+                break
+            for (unit, chain), candidates, passed in pending.popleft().result():
+                run = schedule.active.get(unit)
+                if run is None or not run.add(chain, candidates, passed):
+                    schedule.chains_unused += 1
+                elif run.done:
+                    _save_unit(out, layer, unit, run, side, box, target, settings, blank)
+                    del schedule.active[unit]
+                    bar.update(1)
+                    if len(run.kept) < images_per_unit:
+                        short.append((unit, run))
+    if todo:
         seconds = time.perf_counter() - started
-        log.info("%s: %d chains x %d steps in %.1f s (%.0f chain-steps/s; %d worker(s))",
-                 layer, len(rows), settings.steps, seconds,
-                 len(rows) * settings.steps / max(seconds, 1e-9), workers)
+        chain_steps = schedule.chains_run * settings.steps
+        log.info("%s: %d units, %d chains x %d steps in %.1f s (%.0f chain-steps/s; %d "
+                 "worker(s)), %d of them spare chains not needed", layer, len(todo),
+                 schedule.chains_run, settings.steps, seconds,
+                 chain_steps / max(seconds, 1e-9), workers, schedule.chains_unused)
+    for unit, run in short:
+        log.warning("%s unit %d: %d of %d images pass p > %s within %d chain-steps "
+                    "(pass rate %.1f%%): its panel is short", layer, unit, len(run.kept),
+                    images_per_unit, settings.threshold, run.chains * settings.steps,
+                    100 * run.passed / max(1, run.candidates))
     missing = [u for u in units if not (out / "units" / f"{_unit_stem(layer, u)}.json").exists()]
     if missing:
         log.info("%d unit(s) left to other shards", len(missing))
@@ -328,17 +489,12 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
     return write_manifest(out, layer, units)
 
 
-def _finish(batch, future, collectors, chains_left, bar, out, layer, side, box, target,
-            settings) -> None:
-    """A batch's samples into their units' collectors; save the units it completes."""
-    for sample, px, top, independent_top in future.result():
-        collectors[sample.unit].add(sample, px, top, independent_top, sample.above)
-    bar.update(len(batch))
-    for u, _ in batch:
-        chains_left[u] -= 1
-    for u in dict.fromkeys(u for u, _ in batch):
-        if chains_left[u] == 0:
-            _save_unit(out, layer, u, collectors.pop(u), side, box, target, settings)
+def _pixel_shape(models: Models) -> tuple[int, ...]:
+    """The shape of one image's pixels (for the blank cells of a unit with none)."""
+    device = next(models.generator.parameters()).device
+    with torch.no_grad():
+        image = models.generator(torch.zeros(1, models.code_dim, device=device))
+    return tuple(models.to_pixels(image.float()).shape[1:])
 
 
 @torch.inference_mode()
@@ -356,55 +512,94 @@ def _collect(models: Models, samples: list[Sample]) -> list[tuple]:
     return list(zip(samples, pixels, top, independent, strict=True))
 
 
-def _save_unit(out: Path, layer: str, unit: int, collector: _UnitCollector, side: int, box,
-               target: Target, settings: Settings) -> None:
+def _save_unit(out: Path, layer: str, unit: int, run: _UnitRun, side: int, box,
+               target: Target, settings: Settings, blank: tuple[int, ...]) -> None:
     """A unit's files: its images (.npz), its panel (.jpg), then its figures (.json), which
     mark it done; each written atomically."""
-    best = collector.best()
-    pixels = np.stack([s[5] for s in best])
-    acts = np.array([s[4] for s in best])
+    kept = run.kept
+    pixels = np.stack([s[1] for s in kept]) if kept else np.zeros((0, *blank), np.uint8)
+    acts = np.array([s[0].activation for s in kept], dtype=np.float64)
+    probs = np.array([s[0].prob for s in kept], dtype=np.float64)
     stem = _unit_stem(layer, unit)
     with atomic_path(out / "units" / f"{stem}.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, images=pixels, activations=acts,
-                            chains=np.array([s[2] for s in best]),
-                            steps=np.array([s[3] for s in best]))
+        np.savez_compressed(fh, images=pixels, activations=acts, probs=probs,
+                            chains=np.array([s[0].chain for s in kept], dtype=np.int64),
+                            steps=np.array([s[0].step for s in kept], dtype=np.int64))
     cells = pixels if box is None else pixels[:, box[0]:box[2], box[1]:box[3]]
-    panel = grid(cells, side, side)
+    panel = grid(cells, side, side)  # a short unit's missing cells stay blank
     save_jpeg(panel, out / "panels" / f"{stem}.jpg", min_cell=64, cell=cells.shape[1])
-    tops = np.array([s[6] for s in best])
-    classes, counts = np.unique(tops, return_counts=True)
+    tops = np.array([s[2] for s in kept])
     info = {
         "panel_id": stem, "layer": layer, "unit": unit, "path": f"panels/{stem}.jpg",
-        "mean_activation": float(acts.mean()), "min_activation": float(acts.min()),
-        "top_class": int(classes[np.argmax(counts)]), "top_class_share": float(counts.max()
-                                                                               / len(best)),
-        "target_share": float((tops == unit).mean()) if target.tap == "fc8" else None,
-        "n_above_threshold": int(sum(1 for s in best if not s[0])),
+        "n_images": len(kept), "short": len(kept) < side * side,
+        "mean_activation": float(acts.mean()) if kept else None,
+        "min_activation": float(acts.min()) if kept else None,
+        "min_prob": float(probs.min()) if kept else None,
+        "top_class": None, "top_class_share": None,
+        "target_share": (float((tops == unit).mean()) if target.tap == "fc8" and kept
+                         else None),
+        "threshold": settings.threshold, "pass_rate": run.passed / max(1, run.candidates),
+        "n_passed": run.passed, "n_candidates": run.candidates, "chains": run.chains,
+        "chain_steps": run.chains * settings.steps,
     }
-    if best[0][7] is not None:
-        independent = np.array([s[7] for s in best])
-        info["independent_target_share"] = (float((independent == unit).mean())
-                                            if target.tap == "fc8" else None)
+    if kept:
+        classes, counts = np.unique(tops, return_counts=True)
+        info["top_class"] = int(classes[np.argmax(counts)])
+        info["top_class_share"] = float(counts.max() / len(kept))
+        if kept[0][3] is not None:
+            independent = np.array([s[3] for s in kept])
+            info["independent_target_share"] = (float((independent == unit).mean())
+                                                if target.tap == "fc8" else None)
     atomic_write_text(out / "units" / f"{stem}.json", json.dumps(info))
 
 
-MANIFEST_COLUMNS = ["panel_id", "layer", "unit", "path", "mean_activation", "min_activation",
-                    "top_class", "top_class_share", "target_share", "independent_target_share",
-                    "n_above_threshold"]
+MANIFEST_COLUMNS = ["panel_id", "layer", "unit", "path", "n_images", "short",
+                    "mean_activation", "min_activation", "min_prob", "top_class",
+                    "top_class_share", "target_share", "independent_target_share",
+                    "threshold", "pass_rate", "n_passed", "n_candidates", "chains",
+                    "chain_steps"]
 
 
 def write_manifest(out: Path, layer: str, units: Sequence[int]) -> Path:
-    """``manifest_<layer>.csv``: one row per unit (the study design reads it as is)."""
+    """``manifest_<layer>.csv``: one row per unit (the study design reads it as is); the
+    layer's figures (pass rate, chains, short units) into ``settings_<layer>.json``."""
     path = out / f"manifest_{layer}.csv"
+    infos = [json.loads((out / "units" / f"{_unit_stem(layer, u)}.json").read_text())
+             for u in units]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, MANIFEST_COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        for u in units:
-            info = json.loads((out / "units" / f"{_unit_stem(layer, u)}.json").read_text())
+        for info in infos:
             writer.writerow({k: ("" if info.get(k) is None else info.get(k))
                              for k in MANIFEST_COLUMNS})
+    settings_file = out / f"settings_{layer}.json"
+    if settings_file.exists():
+        recorded = json.loads(settings_file.read_text())
+        recorded["summary"] = layer_summary(infos)
+        atomic_write_text(settings_file, json.dumps(recorded, indent=2))
     _combine_manifests(out)
     return path
+
+
+def layer_summary(infos: Sequence[dict]) -> dict:
+    """A layer's figures from its units' (as ``settings_<layer>.json`` records them)."""
+    passed = sum(i["n_passed"] for i in infos)
+    candidates = sum(i["n_candidates"] for i in infos)
+    rates = [i["pass_rate"] for i in infos]
+    chains = [i["chains"] for i in infos]
+    return {
+        "units": len(infos), "threshold": infos[0]["threshold"] if infos else None,
+        "pass_rate": passed / max(1, candidates), "n_passed": passed,
+        "n_candidates": candidates,
+        "pass_rate_per_unit": {"min": min(rates, default=None),
+                               "max": max(rates, default=None)},
+        "chains": sum(chains), "chains_per_unit": {"min": min(chains, default=None),
+                                                   "max": max(chains, default=None)},
+        "chain_steps": sum(i["chain_steps"] for i in infos),
+        "short_units": [{"unit": i["unit"], "n_images": i["n_images"],
+                         "pass_rate": i["pass_rate"], "chains": i["chains"]}
+                        for i in infos if i["short"]],
+    }
 
 
 def _combine_manifests(out: Path) -> None:
@@ -449,7 +644,20 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--eps2", type=float)
     parser.add_argument("--eps3", type=float)
     parser.add_argument("--lr", type=float)
-    parser.add_argument("--threshold", type=float)
+    parser.add_argument("--threshold", type=_threshold, metavar="P|none",
+                        help="a sample passes when the target's softmax probability over "
+                             "the layer's units (at its location) exceeds P; none: every "
+                             "sample passes (default: 0.98 for conv layers, none for fc)")
+    parser.add_argument("--max-chain-steps", type=int, metavar="N",
+                        help="cap on a unit's chain-steps: chains run until images-per-unit "
+                             "samples pass or this is spent; units that fall short are "
+                             f"reported (default: {CAP_FACTOR}x what a unit takes when "
+                             "every sample passes: 10,000 for conv5, 200,000 for fc)")
+    parser.add_argument("--tile", choices=TILES, default="crop",
+                        help="what a panel's tiles show: crop (default), what the classifier "
+                             "saw: an fc unit's input crop (CaffeNet: the centre 227 of the "
+                             "generator's 256), a conv unit's receptive field; full: the "
+                             "generator's whole image")
     parser.add_argument("--shard", default=None, help="I/N: every N-th unit from the I-th")
     parser.add_argument("--device", help="cpu, cuda ... (default: cuda if present; "
                         "cuda:LOCAL_RANK under torchrun)")
@@ -486,11 +694,14 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             log.info("%d worker(s) on %d available CPU(s), one thread each", workers, cpus)
         overrides = {k: getattr(args, k) for k in ("steps", "eps1", "eps2", "eps3", "lr",
                                                     "threshold") if getattr(args, k) is not None}
+        if overrides.get("threshold") == "none":
+            overrides["threshold"] = None
         manifest = generate(models, args.layer, units, args.out,
                             images_per_unit=args.images_per_unit, batch_chains=args.batch_chains,
                             seed=args.seed, settings=settings_for(args.layer, **overrides),
                             shard=shard, amp=args.amp, progress=not args.quiet,
-                            workers=workers, record=record)
+                            workers=workers, record=record,
+                            max_chain_steps=args.max_chain_steps, tile=args.tile)
     except (ValueError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -501,10 +712,41 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     return 0
 
 
+def _threshold(text: str) -> float | str:
+    if text.lower() == "none":
+        return "none"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability or none, got {text!r}") \
+            from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text}")
+    return value
+
+
 def _summarise(manifest: Path) -> None:
     with open(manifest, newline="") as fh:
         rows = list(csv.DictReader(fh))
     print(f"wrote {manifest} ({len(rows)} units)")
+    if rows:
+        steps = [int(r["chain_steps"]) for r in rows]
+        chains = [int(r["chains"]) for r in rows]
+        passed = sum(int(r["n_passed"]) for r in rows)
+        candidates = sum(int(r["n_candidates"]) for r in rows)
+        threshold = rows[0]["threshold"]
+        print(f"  samples passing p > {threshold}: {passed:,} of {candidates:,} "
+              f"({100 * passed / max(1, candidates):.1f}%); chains per unit "
+              f"{min(chains)}-{max(chains)}, chain-steps per unit {min(steps):,}-"
+              f"{max(steps):,} (mean {sum(steps) / len(steps):,.0f})" if threshold else
+              f"  chains per unit {min(chains)}-{max(chains)}, chain-steps per unit "
+              f"mean {sum(steps) / len(steps):,.0f} (no threshold: every sample kept)")
+        short = [r for r in rows if r["short"] == "True"]
+        if short:
+            print(f"  {len(short)} unit(s) short of their images (panels with blank cells): "
+                  + ", ".join(f"{r['unit']} ({r['n_images']}, pass rate "
+                              f"{100 * float(r['pass_rate']):.1f}%)" for r in short[:20])
+                  + (" ..." if len(short) > 20 else ""))
     for key, label in (("target_share", "classified as the target by the network"),
                        ("independent_target_share", "by the independent classifier")):
         values = [float(r[key]) for r in rows if r.get(key)]

@@ -13,6 +13,15 @@ G is the generator, E the classifier up to its code layer (fc6, post-ReLU), a_k
 the target unit (fc8 logit, pre-ReLU fc6, or pre-ReLU conv5 at one location)
 and p_k its softmax over the layer's units at that location.
 
+A chain runs as PPGN's ``sampler.py`` does: at step i (0 ... steps) the forward pass
+of G(h_i) gives the image and p_k of that step (a sample when i is a multiple of
+``keep_every``, or the last step for fc layers), then h takes its update. After
+the update of a step that is a positive multiple of ``reset_every``, h is drawn
+anew (``h_init * N(0, 1)``, unclipped: the next update clips it) and eps1 from
+``eps1_range``; eps1 is ``Settings.eps1`` until the first reset. A sample
+*passes* when p_k > ``threshold`` (PPGN's ``prob > threshold``; None: every
+sample passes).
+
 The terms are small named callables (:func:`prior`, :func:`condition`,
 :func:`noise`), summed by :func:`ppgn_update`. :class:`Sampler` runs chains and
 yields samples; it neither saves nor displays (:func:`generator.ppgn.generate`
@@ -59,17 +68,20 @@ class Settings:
     eps3: float = 1e-17
     lr: float = 1.0
     h_max: float = 30.0
-    h_init: float = 1.0  # h0 = h_init * |N(0, 1)|, clipped to [0, h_max]
+    h_init: float = 1.0  # h0 (and each reset) = h_init * N(0, 1), clipped by the update
     reset_every: int | None = None  # re-draw h and eps1 every so many steps (conv5: 100)
-    eps1_range: tuple[float, float] | None = None  # eps1 ~ U(lo, hi) at each draw (conv5)
-    keep_every: int | None = None  # keep a sample every so many steps (conv5: 10); else the last
-    threshold: float = 0.0  # kept samples must reach this target activation (with keep_every)
+    eps1_range: tuple[float, float] | None = None  # eps1 ~ U(lo, hi) at each reset (conv5)
+    keep_every: int | None = None  # a sample at steps 0, k, 2k ... (conv5: 10); else the last
+    threshold: float | None = None  # a sample passes when p_k > threshold (conv5: 0.98)
 
 
 def settings_for(layer: str, **overrides) -> Settings:
-    """The paper's schedule for ``layer``: conv layers 1,000 steps with resets, else 200."""
+    """The paper's schedule for ``layer``: conv layers PPGN's hidden-unit recipe (1,000
+    steps, resets every 100, a sample every 10 that passes when p_k > 0.98), else 200
+    steps and the last image of each chain (no threshold)."""
     if layer.startswith("conv"):
-        base = Settings(steps=1000, reset_every=100, eps1_range=(1e-6, 1e-2), keep_every=10)
+        base = Settings(steps=1000, reset_every=100, eps1_range=(1e-6, 1e-2), keep_every=10,
+                        threshold=0.98)
     else:
         base = Settings()
     return replace(base, **overrides)
@@ -140,6 +152,7 @@ class Forward:
     code: torch.Tensor  # E(G(h)), detached, (B, D)
     activation: torch.Tensor  # a_k per row, detached, (B,)
     grad: torch.Tensor  # (1 - p_k) * d a_k / d h, (B, D)
+    prob: torch.Tensor  # p_k per row, (B,)
 
 
 # -- the terms ---------------------------------------------------------------------------
@@ -194,7 +207,8 @@ class Sample:
     step: int
     activation: float
     image: torch.Tensor  # G(h) of that step, (C, H, W), on the CPU
-    above: bool = True  # the activation reached the threshold (kept samples)
+    prob: float = 1.0  # p_k: the target's softmax over the layer's units (at its location)
+    passed: bool = True  # p_k > the threshold (always, without one)
 
 
 class Sampler:
@@ -229,20 +243,22 @@ class Sampler:
         return next(self.generator.parameters()).device
 
     def _draw_h(self, rngs: list[torch.Generator]) -> torch.Tensor:
-        """Starting codes: each element from a random real code when ``init_codes`` (N, D)
-        are given (a code of no real image, in the range of real ones), else
-        ``h_init * |N(0, 1)|``; clipped to [0, h_max]."""
+        """Starting (and restart) codes: each element from a random real code when
+        ``init_codes`` (N, D) are given (a code of no real image, in the range of real
+        ones; clipped to [0, h_max]), else ``h_init * N(0, 1)`` as PPGN draws them, not
+        clipped (G sees the drawn code; the update clips it)."""
         bank = self.init_codes
         if bank is not None:
             columns = torch.arange(bank.shape[1])
             h = torch.stack([bank[torch.randint(0, len(bank), (bank.shape[1],), generator=g),
                                   columns] for g in rngs])
-        else:
-            h = self.settings.h_init * torch.stack(
-                [torch.randn(self.code_dim, generator=g).abs() for g in rngs])
-        return h.clamp(0.0, self.settings.h_max).to(self.device)
+            return h.clamp(0.0, self.settings.h_max).to(self.device)
+        h = self.settings.h_init * torch.stack(
+            [torch.randn(self.code_dim, generator=g) for g in rngs])
+        return h.to(self.device)
 
     def _draw_eps1(self, rngs: list[torch.Generator]) -> torch.Tensor:
+        """eps1 at a reset: U(eps1_range) per chain (``Settings.eps1`` without a range)."""
         s = self.settings
         if s.eps1_range is None:
             return torch.full((len(rngs),), s.eps1, device=self.device)
@@ -253,17 +269,21 @@ class Sampler:
     def start(self, units: Sequence[int], chains: Sequence[int]) -> Batch:
         rngs = [torch.Generator().manual_seed(chain_seed(self.seed, self.layer_name, u, c))
                 for u, c in zip(units, chains, strict=True)]
+        eps1 = torch.full((len(rngs),), self.settings.eps1, device=self.device)
         batch = Batch(self._draw_h(rngs), torch.as_tensor(list(units), device=self.device),
-                      self._draw_eps1(rngs), rngs)
-        batch.plan_noise(self._steps_to_reset(0))
+                      eps1, rngs)  # eps1 is Settings.eps1 until the first reset (PPGN's)
+        batch.plan_noise(self._updates_to_reset(0))
         return batch
 
-    def _steps_to_reset(self, step: int) -> int:
-        """Steps after ``step`` until the next reset of h and eps1 (or the end)."""
+    def _updates_to_reset(self, step: int) -> int:
+        """Updates from the one of ``step`` on that draw noise before the next reset's
+        draws: up to the update of the next reset step (it is made, then replaced) or
+        the last update (of step ``steps - 1``)."""
         s = self.settings
-        end = s.steps if not s.reset_every else min(s.steps, (step // s.reset_every + 1)
-                                                    * s.reset_every)
-        return max(1, end - step)
+        last = s.steps - 1
+        if s.reset_every:
+            last = min(last, max(1, -(-step // s.reset_every)) * s.reset_every)
+        return max(1, last - step + 1)
 
     def forward(self, batch: Batch) -> Forward:
         h = batch.h.detach().requires_grad_(True)
@@ -279,7 +299,7 @@ class Sampler:
             p_k = torch.softmax(layer.detach().float(), dim=1)[rows, batch.units]
             (grad,) = torch.autograd.grad((act * (1.0 - p_k)).sum(), h)
         return Forward(image.detach().float(), outs[self.code_tap].detach().flatten(1).float(),
-                       act.detach().float(), grad.float())
+                       act.detach().float(), grad.float(), p_k)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -305,28 +325,31 @@ class Sampler:
     def _run(self, units: list[int], chains: list[int]) -> Iterator[Sample]:
         s = self.settings
         batch = self.start(units, chains)
-        for step in range(1, s.steps + 1):
-            fwd = self.forward(batch)
-            batch.h = ppgn_update(batch, fwd, self.terms, s.lr, s.h_max)
-            if s.keep_every and step % s.keep_every == 0:
-                # every row's sample, marked: consumers prefer those above the threshold
-                image, act = self.forward_image(batch)
+        for step in range(s.steps + 1):
+            last = step == s.steps
+            if last:  # no update follows: no gradient needed
+                image, act, prob = self.forward_image(batch)
+            else:
+                fwd = self.forward(batch)
+                image, act, prob = fwd.image, fwd.activation, fwd.prob
+            if (step % s.keep_every == 0) if s.keep_every else last:
+                image, acts, probs = image.cpu(), act.tolist(), prob.tolist()
                 for row in range(batch.size):
-                    yield Sample(int(units[row]), int(chains[row]), step, float(act[row]),
-                                 image[row].cpu(), bool(act[row] >= s.threshold))
-            if s.reset_every and step % s.reset_every == 0 and step < s.steps:
+                    if chains[row] >= 0:  # not a throwaway row (run's pad_to)
+                        p = probs[row]
+                        yield Sample(int(units[row]), int(chains[row]), step, acts[row],
+                                     image[row], p, s.threshold is None or p > s.threshold)
+            if last:
+                break
+            batch.h = ppgn_update(batch, fwd, self.terms, s.lr, s.h_max)
+            if s.reset_every and step > 0 and step % s.reset_every == 0:
                 batch.h = self._draw_h(batch.rngs)
                 batch.eps1 = self._draw_eps1(batch.rngs)
-                batch.plan_noise(self._steps_to_reset(step))
-        if not s.keep_every:
-            image, act = self.forward_image(batch)
-            for row in range(batch.size):
-                yield Sample(int(units[row]), int(chains[row]), s.steps, float(act[row]),
-                             image[row].cpu())
+                batch.plan_noise(self._updates_to_reset(step + 1))
 
     @torch.inference_mode()
-    def forward_image(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """G(h) and the target activation for the current h, without gradients."""
+    def forward_image(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """G(h), the target activation and p_k for the current h, without gradients."""
         with self._autocast():
             image = self.generator(batch.h).float()
             layer = self.classifier(self.crop(image), [self.target.tap])[self.target.tap].float()
@@ -334,4 +357,5 @@ class Sampler:
             y, x = self.target.location
             layer = layer[:, :, y, x]
         rows = torch.arange(batch.size, device=layer.device)
-        return image, layer[rows, batch.units]
+        prob = torch.softmax(layer, dim=1)[rows, batch.units]
+        return image, layer[rows, batch.units], prob

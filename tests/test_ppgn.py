@@ -5,6 +5,7 @@ fields and panels."""
 import copy
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +18,15 @@ from generator.networks import TappedNet, caffenet
 from generator.panels import grid, photo_panel, receptive_field
 from generator.panels import main as panels_main
 from generator.ppgn import Models, generate, parse_units
-from generator.sampler import Batch, Sampler, Settings, Target, ppgn_update, settings_for
+from generator.sampler import (
+    Batch,
+    Sampler,
+    Settings,
+    Target,
+    chain_seed,
+    ppgn_update,
+    settings_for,
+)
 
 
 def tiny_models(seed=0):
@@ -68,7 +77,8 @@ def test_h_stays_in_its_box_and_a_zero_step_changes_nothing():
     assert out.min() >= 0 and out.max() <= 30
     zero = ppgn_update(batch, sampler.forward(batch), [lambda b, f: torch.zeros_like(b.h)],
                        1.0, 30.0)
-    assert torch.equal(zero, batch.h)
+    assert (batch.h < 0).any()  # drawn N(0, 1) as PPGN draws it: the update clips
+    assert torch.equal(zero, batch.h.clamp(0, 30))
 
 
 def run_images(sampler, units, chains, pad_to=8):
@@ -86,20 +96,60 @@ def test_a_unit_alone_and_in_a_mixed_batch_gives_the_same_images():
     assert not torch.equal(alone[(1, 0)], alone[(1, 1)])  # chains differ from each other
 
 
-def test_conv_schedule_resets_redraws_eps1_and_keeps_samples_above_threshold():
-    s = settings_for("conv5", steps=40, reset_every=10, keep_every=5, threshold=-1e9)
-    assert s.eps1_range == (1e-6, 1e-2)
+def test_conv_schedule_resets_redraws_eps1_and_marks_samples_by_probability():
+    s = settings_for("conv5", steps=40, reset_every=10, keep_every=5)
+    assert s.eps1_range == (1e-6, 1e-2) and s.threshold == 0.98 and s.eps1 == 1e-5
+    assert settings_for("fc8").threshold is None and settings_for("fc6").threshold is None
     gen, net, _ = tiny_models()
-    sampler = Sampler(gen, net, Target("fc6:pre"), settings=s, code_dim=4)
+    sampler = Sampler(gen, net, Target("fc6:pre"), settings=replace(s, threshold=0.0),
+                      code_dim=4)
     samples = list(sampler.run([2, 3], [0, 0]))
-    assert [x.step for x in samples if x.unit == 2] == [5, 10, 15, 20, 25, 30, 35, 40]
-    assert all(x.above for x in samples)
-    high = settings_for("conv5", steps=40, reset_every=10, keep_every=5, threshold=1e9)
+    # PPGN's steps: the image of step i before its update, at i = 0, 5, ..., 40
+    assert [x.step for x in samples if x.unit == 2] == list(range(0, 41, 5))
+    assert all(x.passed and 0 < x.prob < 1 for x in samples)
+    high = replace(s, threshold=1 - 1e-9)
     below = list(Sampler(gen, net, Target("fc6:pre"), settings=high, code_dim=4).run([2], [0]))
-    assert len(below) == 8 and not any(x.above for x in below)
+    assert len(below) == 9 and not any(x.passed for x in below)
+    none = replace(s, threshold=None)
+    assert all(x.passed for x in Sampler(gen, net, Target("fc6:pre"), settings=none,
+                                         code_dim=4).run([2], [0]))
     batch = sampler.start([2, 2], [0, 1])
-    assert 1e-6 <= batch.eps1.min() and batch.eps1.max() <= 1e-2
-    assert batch.eps1[0] != batch.eps1[1]
+    assert torch.equal(batch.eps1, torch.full((2,), 1e-5))  # PPGN's, until the first reset
+    drawn = sampler._draw_eps1(batch.rngs)  # at a reset: U(1e-6, 1e-2) per chain
+    assert 1e-6 <= drawn.min() and drawn.max() <= 1e-2 and drawn[0] != drawn[1]
+
+
+def test_codes_are_drawn_as_ppgn_draws_them_and_resets_come_after_the_update():
+    """h0 and every restart code are N(0, 1), unclipped where G first sees them; eps1 is
+    1e-5 until the first reset; the sample of a reset step is the image before it."""
+    gen, net, _ = tiny_models()
+    seen = []
+    spy = nn.Module()
+    spy.lin = gen
+    spy.forward = lambda h: (seen.append(h.detach().clone()), gen(h))[1]
+    s = settings_for("conv5", steps=6, reset_every=3, keep_every=3, threshold=None)
+    sampler = Sampler(spy, net, Target("fc6:pre"), settings=s, code_dim=4, seed=3)
+    eps1 = []
+    update = Sampler.forward
+
+    def record(self, batch):
+        eps1.append(batch.eps1.clone())
+        return update(self, batch)
+
+    sampler.forward = record.__get__(sampler)
+    samples = list(sampler.run([1], [0]))
+    assert [x.step for x in samples] == [0, 3, 6]
+    # one forward pass a step (steps 0-5 with gradients, the last without)
+    assert len(seen) == 7
+    rng = torch.Generator().manual_seed(chain_seed(3, "fc6:pre", 1, 0))
+    h0 = torch.randn(4, generator=rng)
+    assert torch.equal(seen[0][0], h0) and (h0 < 0).any()  # unclipped where G sees it
+    assert all((h >= 0).all() for h in seen[1:4])  # updates clip
+    assert (seen[4] < 0).any()  # step 4 sees the restart code drawn after step 3's update
+    assert [float(e[0]) for e in eps1[:4]] == [float(torch.tensor(1e-5))] * 4
+    assert 1e-6 <= float(eps1[4][0]) <= 1e-2 and float(eps1[4][0]) != float(eps1[0][0])
+    # the sample of step 3 (a reset step) is the image of the code before the reset
+    torch.testing.assert_close(samples[1].image, gen(seen[3][0]).detach())
 
 
 def test_generate_resumes_per_unit_to_the_same_files(tmp_path, monkeypatch):
@@ -193,14 +243,18 @@ def test_practice_panel_of_photos(tmp_path, sample_photos):
 
 
 def test_conv5_panels_crop_the_receptive_field_inside_the_generators_256_image():
-    from generator.deepsim import DeePSiMGenerator
+    from generator.deepsim import DeePSiMGenerator, crop_to_classifier
 
     with torch.device("meta"):
         net, gen = caffenet(), DeePSiMGenerator()
     models = Models(net, gen, lambda x: x, 4096, lambda x: x)
+    models.crop = lambda x: crop_to_classifier(x, 227)
     box = ppgn.panel_box(models, ppgn.target_for(net, "conv5"))
     assert box == (32 + 14, 32 + 14, 195 + 14, 195 + 14)  # the classifier sees [14:241]
-    assert ppgn.panel_box(models, ppgn.target_for(net, "fc8")) is None
+    # fc tiles: the classifier's input, as PPGN saves its images; or the whole image
+    assert ppgn.panel_box(models, ppgn.target_for(net, "fc8")) == (14, 14, 241, 241)
+    for layer in ("fc8", "conv5"):
+        assert ppgn.panel_box(models, ppgn.target_for(net, layer), "full") is None
 
 
 def test_starting_codes_mix_elements_of_real_codes():
