@@ -181,6 +181,9 @@ class DemoConfig:
     fc_steps: int = 50  # sampler steps for fc6 and fc8 chains (the paper: 200 on CaffeNet)
     fc6_share: int = 50  # % of fc6's units rated, drawn with the seed (the paper: 2,048 of 4,096)
     conv_steps: int = 1000  # conv5 chains (the paper's schedule: resets every 100)
+    # conv5 runs chains until 100 samples pass PPGN's threshold; a unit stops short after
+    # this many chain-steps (generator.ppgn's own default is 10x a unit's least, 10,000)
+    conv_chain_steps: int = 4000
     lists: int = 10
     participants: int = 50
     photos: Path | None = None  # None: common.data.imagenet_photos(), else real digits
@@ -234,7 +237,8 @@ def demo_stages(cfg: DemoConfig) -> list[Stage]:
         sample: list[str] = []
         # conv5 keeps a chain's best images, so few chains a unit: batches of 16 give each
         # CPU one (a batch of 64 would leave a core idle)
-        batch = ["--batch-chains", "16"] if layer.startswith("conv") else []
+        batch = (["--batch-chains", "16", "--max-chain-steps", str(cfg.conv_chain_steps)]
+                 if layer.startswith("conv") else [])
         if layer == "fc6" and cfg.fc6_share < 100:
             what = f"{cfg.fc6_share}% of the units (drawn)" + ("" if units == "all" else
                                                                f" of units {units}")
@@ -466,6 +470,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                       help="sampler steps for fc6 and fc8 chains (default %(default)s)")
     size.add_argument("--conv-steps", type=int, default=1000,
                       help="sampler steps for conv5 chains (default %(default)s)")
+    size.add_argument("--conv-chain-steps", type=int, default=4000, metavar="N",
+                      help="conv5: chain-steps a unit may take to reach 100 samples over "
+                           "PPGN's threshold before its panel ends short (default "
+                           "%(default)s; generator.ppgn's own default is 10,000)")
     size.add_argument("--lists", type=int, default=10, help="lists (default %(default)s)")
     size.add_argument("--participants", type=int, default=50,
                       help="participant places over all lists (default %(default)s)")
@@ -489,7 +497,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         parser.error(f"port {port} on 127.0.0.1 is in use: pass --port with a free one")
     cfg = DemoConfig(out=args.out.resolve(), units=args.units, images_per_unit=args.images_per_unit,
                      fc_steps=args.fc_steps, fc6_share=args.fc6_share,
-                     conv_steps=args.conv_steps, lists=args.lists,
+                     conv_steps=args.conv_steps, conv_chain_steps=args.conv_chain_steps,
+                     lists=args.lists,
                      participants=args.participants,
                      photos=args.photos.resolve() if args.photos else None, seed=args.seed)
     started = time.perf_counter()

@@ -169,11 +169,15 @@ def _absolute_paths(frame: pd.DataFrame, manifest: Path) -> pd.Series:
     return frame["path"].map(lambda p: os.path.normpath(os.path.join(base, p)))
 
 
-def read_panels(path: str | os.PathLike) -> pd.DataFrame:
+def read_panels(path: str | os.PathLike, min_images: int = 1) -> pd.DataFrame:
     """The panels manifest: ``panel_id, layer, unit (int), path (absolute str)``.
 
     Rows keep the file's order; extra columns are dropped. ``frame.attrs["source"]``
-    holds ``path`` as given.
+    holds ``path`` as given. Where the manifest has an ``n_images`` column (``generator.ppgn``
+    writes one: a unit whose samples did not pass its threshold often enough has fewer
+    than 100 images, a *short* panel), panels with fewer than ``min_images`` images are
+    left out, with a warning naming them: by default only empty panels, which nobody can
+    rate; ``frame.attrs["left_out"]`` lists their ids.
     """
     frame = _read_csv(path, "panels", PANEL_COLUMNS)
     problems = _empty_cells(frame, PANEL_COLUMNS)
@@ -193,7 +197,27 @@ def read_panels(path: str | os.PathLike) -> pd.DataFrame:
         "unit": frame["unit"].astype(int),
         "path": _absolute_paths(frame, Path(path)),
     })
+    left_out: list[str] = []
+    if "n_images" in frame.columns:
+        counts = pd.to_numeric(frame["n_images"], errors="coerce")
+        if counts.isna().any():
+            bad = [f"line {i + 2}: n_images {v!r}" for i, v in
+                   enumerate(frame["n_images"]) if pd.isna(counts.iloc[i])]
+            raise DesignError(f"{path}: n_images must be a whole number; fix the "
+                              f"manifest:\n{listing(bad)}")
+        few = counts < min_images
+        left_out = list(frame.loc[few, "panel_id"])
+        if left_out:
+            log.warning("%s: %d panel(s) with fewer than %d image(s) left out: %s", path,
+                        len(left_out), min_images, ", ".join(left_out[:20])
+                        + (" ..." if len(left_out) > 20 else ""))
+        short = int(((counts > 0) & ~few & (counts < counts.max())).sum())
+        if short:
+            log.warning("%s: %d short panel(s) kept (fewer images than the others; "
+                        "--min-images N leaves them out)", path, short)
+        out = out.loc[~few.to_numpy()].reset_index(drop=True)
     out.attrs["source"] = str(path)
+    out.attrs["left_out"] = left_out
     log.info("%s: %d panels in %d layer(s)", path, len(out), out["layer"].nunique())
     return out
 
@@ -508,6 +532,10 @@ def _parser(prog: str = CLI) -> argparse.ArgumentParser:
                         help="seed of the random sampling and dealing (default 0)")
     parser.add_argument("--out", required=True, metavar="JSON",
                         help="study file to write (paths in it are relative to its folder)")
+    parser.add_argument("--min-images", type=int, default=1, metavar="N",
+                        help="leave out panels with fewer than N images, where the manifest "
+                             "has an n_images column (short AM panels; default 1: only "
+                             "empty panels)")
     parser.add_argument("--no-check-images", action="store_true",
                         help="only check that the panel files exist; do not open each image")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
@@ -520,7 +548,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        study = build_design(read_panels(args.panels), read_practice(args.practice),
+        study = build_design(read_panels(args.panels, args.min_images),
+                             read_practice(args.practice),
                              n_lists=args.lists, participants=args.participants,
                              sample=parse_sample(args.sample), seed=args.seed,
                              practice_trials=args.practice_trials)

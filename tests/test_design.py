@@ -674,3 +674,30 @@ def test_numpy_integers_count_as_integers(valid_study):
     study["participants"] = True
     with pytest.raises(DesignError, match="'participants' must be an integer"):
         validate_design(study)
+
+
+def test_empty_am_panels_are_left_out_and_short_ones_kept_unless_asked(tmp_path, caplog):
+    # generator.ppgn's manifest says how many images each panel holds: a conv5 unit whose
+    # samples rarely pass PPGN's threshold ends short, or empty (nothing to rate)
+    rows = [["conv5-0", "conv5", 0, "a.png", 100], ["conv5-1", "conv5", 1, "b.png", 0],
+            ["conv5-2", "conv5", 2, "c.png", 41], ["conv5-3", "conv5", 3, "d.png", 100]]
+    for name in "abcd":
+        (tmp_path / f"{name}.png").write_bytes(png_bytes())
+    manifest = write_csv(tmp_path / "m.csv", ["panel_id", "layer", "unit", "path", "n_images"],
+                         rows)
+    kept = read_panels(manifest)
+    assert list(kept["panel_id"]) == ["conv5-0", "conv5-2", "conv5-3"]
+    assert kept.attrs["left_out"] == ["conv5-1"]
+    assert "conv5-1" in caplog.text and "1 short panel(s) kept" in caplog.text
+    assert list(read_panels(manifest, min_images=100)["panel_id"]) == ["conv5-0", "conv5-3"]
+    # the command line takes it too
+    practice = write_csv(tmp_path / "p.csv", ["panel_id", "path"],
+                         [[f"p{i}", "a.png"] for i in range(6)])
+    assert cli(manifest, practice, tmp_path / "s.json", "--min-images", "100",
+               lists=2) == 0
+    study = json.loads((tmp_path / "s.json").read_text())
+    assert sorted(study["panels"]) == ["conv5-0", "conv5-3"]
+    bad = write_csv(tmp_path / "bad.csv", ["panel_id", "layer", "unit", "path", "n_images"],
+                    [["x", "conv5", 0, "a.png", "many"]])
+    with pytest.raises(DesignError, match="n_images"):
+        read_panels(bad)
