@@ -146,7 +146,9 @@ class Gunicorn:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = instance / "gunicorn.log"
-        env = dict(os.environ, FLASK_INSTANCE_PATH=str(instance), DATABASE_URL=database_url)
+        # every simulated participant comes from 127.0.0.1: no per-address entry limit
+        env = dict(os.environ, FLASK_INSTANCE_PATH=str(instance), DATABASE_URL=database_url,
+                   FLASK_ENTRY_MAX_PER_ADDRESS="null")
         cmd = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", worker_class,
                "--threads", str(threads), "-b", f"127.0.0.1:{self.port}",
                "--backlog", "2048", "--log-level", "warning", "server:create_app()"]

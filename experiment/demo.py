@@ -385,6 +385,8 @@ def simulate(cfg: DemoConfig, participants: int, *, concurrency: int = 10,
              "--completion-code", "DEMO0000")),
     ]
     _run_steps(steps, env, out)
+    # Every simulated participant comes from 127.0.0.1: no per-address entry limit here.
+    (instance / "config.py").write_text("ENTRY_MAX_PER_ADDRESS = None\n")
     port = port or free_port()
     print(f"serving it at http://127.0.0.1:{port} ...", file=out, flush=True)
     with gunicorn(instance, port, log_file=sim / "server.log"):

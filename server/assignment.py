@@ -3,9 +3,16 @@
 - A new participant gets the list that is least filled (completed + active sessions whose
   lease has not passed), ties broken at random. The choice runs in a transaction that
   holds the lists: row locks on PostgreSQL, the write lock (``BEGIN IMMEDIATE``) on SQLite.
-- The same PROLIFIC_PID always returns to the same session and list.
-- A lease runs ``lease_seconds`` from the start. An expired session frees its slot; if the
-  participant comes back, the lease is renewed only while the list still has room.
+- The same PROLIFIC_PID always returns to the same session and list, but only with the
+  SESSION_ID it first came with: another SESSION_ID is refused (OtherSession) and recorded
+  in the entry log.
+- A new participant first holds their place briefly (``entry_hold_seconds``), each step
+  before the trials restarting the hold; their first stored answer (practice included)
+  extends it to the lease. A lease runs ``lease_seconds`` from the start. An expired
+  session frees its slot; if the participant comes back, the hold or lease is renewed
+  only while the list still has room.
+- An address takes at most so many new places in a window (``entry_limit``; EntryLimited
+  beyond it), counted in the entry log under the same lock as the assignment.
 - So no list ever has more completed participants than its target: a session completes
   only while it holds a valid lease, and leases are only handed out below the target.
 - Every response is written once: (participant, trial index) is unique, answers come in
@@ -14,6 +21,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import json
 import math
 import random
@@ -25,13 +35,25 @@ from typing import Any
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.engine import Connection, Row
 
-from .store import Store, list_panels, lists, now, panels, participants, responses, study
+from .store import (
+    Store,
+    entry_log,
+    list_panels,
+    lists,
+    now,
+    panels,
+    participants,
+    responses,
+    study,
+)
 from .study import current_study
 
 __all__ = ["prolific_max_minutes", "lease_seconds", "AssignmentError", "NoStudy", "StudyClosed", "StudyFull", "LeaseExpired",
            "TrialError", "ListFill", "list_fill", "start", "trial_order", "renew_lease",
            "Recorded", "record_response", "stored_response", "participant_by_token", "Answer",
-           "BEFORE_TRIALS", "check_trial_index", "check_trial_order"]
+           "BEFORE_TRIALS", "check_trial_index", "check_trial_order", "EntryLimit",
+           "EntryLimited", "OtherSession", "entry_hold_seconds", "entry_limit",
+           "entry_source", "note_refusal"]
 
 _rng = random.SystemRandom()
 
@@ -73,6 +95,127 @@ class StudyFull(AssignmentError):
 
 class LeaseExpired(AssignmentError):
     page = "expired"
+
+
+# --- entry: the short hold, the per-address limit, the PID's SESSION_ID --------------------
+
+class EntryLimited(AssignmentError):
+    """Too many new places taken from this address in the window (HTTP 429)."""
+
+    page = "busy"
+    status = 429
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = max(60, math.ceil(retry_after))
+
+
+class OtherSession(AssignmentError):
+    """The PROLIFIC_PID has a session begun with another SESSION_ID (HTTP 403)."""
+
+    page = "other_session"
+    status = 403
+
+
+@dataclass(frozen=True)
+class EntryLimit:
+    """At most ``max_places`` new places per address in ``window_seconds``."""
+
+    max_places: int
+    window_seconds: float
+
+
+def entry_hold_seconds(config: Mapping[str, Any]) -> float:
+    """How long a new participant holds a place before their first answer:
+    ``ENTRY_HOLD_MINUTES``, never longer than the lease (None: the lease)."""
+    lease = lease_seconds(config)
+    minutes = config.get("ENTRY_HOLD_MINUTES")
+    if minutes is None:
+        return lease
+    if float(minutes) <= 0:
+        raise ValueError(f"ENTRY_HOLD_MINUTES {minutes}: must be positive (or None)")
+    return min(float(minutes) * 60, lease)
+
+
+def entry_limit(config: Mapping[str, Any]) -> EntryLimit | None:
+    """``ENTRY_MAX_PER_ADDRESS`` new places per ``ENTRY_WINDOW_MINUTES``; None (or 0): no
+    limit."""
+    places = config.get("ENTRY_MAX_PER_ADDRESS")
+    if not places:
+        return None
+    window = float(config.get("ENTRY_WINDOW_MINUTES") or 60) * 60
+    if int(places) < 0 or window <= 0:
+        raise ValueError("ENTRY_MAX_PER_ADDRESS and ENTRY_WINDOW_MINUTES must be positive")
+    return EntryLimit(int(places), window)
+
+
+def entry_source(address: str | None, secret: str | bytes) -> str:
+    """The entry log's name for a client address: a keyed hash (the address is never
+    stored) of the IPv4 address, or of the /64 network of an IPv6 one (one subscriber's
+    allocation)."""
+    key = address or "unknown"
+    try:
+        ip = ipaddress.ip_address(key)
+    except ValueError:
+        pass
+    else:
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        key = str(ip) if ip.version == 4 else str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    secret = secret if isinstance(secret, bytes) else str(secret).encode()
+    return hmac.new(secret, b"entry source " + key.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+#: At most this many refusals are logged per source and window (a flood logs no more).
+MAX_LOGGED_REFUSALS = 100
+
+
+def _entered_since(conn: Connection, source: str, since: float) -> tuple[int, float | None]:
+    """The places ``source`` took after ``since``, and when the oldest of them was taken."""
+    e = entry_log.c
+    n, oldest = conn.execute(select(func.count(), func.min(e.at)).where(
+        e.source == source, e.outcome == "entered", e.at > since)).one()
+    return int(n), oldest
+
+
+def _should_log_refusal(conn: Connection, outcome: str, source: str, pid: str | None,
+                        study_param: str | None, session_param: str | None, since: float) -> bool:
+    """A refusal is logged once per window: "rate_limited" once per source, the others once
+    per link (PID, STUDY_ID, SESSION_ID); and at most MAX_LOGGED_REFUSALS per source."""
+    e = entry_log.c
+    recent = [e.source == source, e.at > since, e.outcome != "entered"]
+    if conn.execute(select(func.count()).where(*recent)).scalar() >= MAX_LOGGED_REFUSALS:
+        return False
+    same = [e.outcome == outcome, e.at > since]
+    if outcome == "rate_limited":
+        same.append(e.source == source)
+    else:
+        same += [e.prolific_pid == pid, e.study_param == study_param,
+                 e.session_param == session_param]
+    return conn.execute(select(entry_log.c.id).where(*same).limit(1)).first() is None
+
+
+def _log_entry(conn: Connection, outcome: str, source: str, pid: str | None,
+               study_param: str | None, session_param: str | None, at: float) -> None:
+    conn.execute(entry_log.insert().values(at=at, outcome=outcome, source=source,
+                                           prolific_pid=pid, study_param=study_param,
+                                           session_param=session_param))
+
+
+def note_refusal(store: Store, outcome: str, source: str, pid: str | None,
+                 study_param: str | None, session_param: str | None, window_seconds: float,
+                 at: float | None = None) -> None:
+    """Log a refused entry for the experimenter (``python -m server entry-log``), unless the
+    same refusal is logged already in the window (checked first without the write lock,
+    so a flood of refusals costs reads only)."""
+    at = now() if at is None else at
+    args = (outcome, source, pid, study_param, session_param)
+    with store.read() as conn:
+        if not _should_log_refusal(conn, *args, at - window_seconds):
+            return
+    with store.write() as conn:
+        if _should_log_refusal(conn, *args, at - window_seconds):
+            _log_entry(conn, *args, at)
 
 
 class TrialError(ValueError):
@@ -150,38 +293,90 @@ def trial_order(conn: Connection, list_id: int, seed: int) -> list[str]:
 
 def start(store: Store, prolific_pid: str, study_param: str, session_param: str,
           lease_seconds: float, user_agent: str = "", at: float | None = None,
-          rng: random.Random | None = None) -> tuple[Row, bool]:
-    """The participant for ``prolific_pid``: the existing session, or a new one on the least
-    filled list. Returns (row, created). Raises NoStudy, StudyClosed or StudyFull."""
+          rng: random.Random | None = None, *, hold_seconds: float | None = None,
+          source: str | None = None, limit: EntryLimit | None = None) -> tuple[Row, bool]:
+    """The participant for ``prolific_pid``: the existing session (entered again with its
+    SESSION_ID), or a new one on the least filled list, holding its place for
+    ``hold_seconds`` (default: the lease). Returns (row, created). Raises NoStudy,
+    StudyClosed, StudyFull, OtherSession (another SESSION_ID) or EntryLimited (``source``,
+    the client's :func:`entry_source`, took ``limit``'s places already); refusals and new
+    places are logged under ``source`` (nothing is logged without one)."""
     rng = rng or _rng
+    hold = lease_seconds if hold_seconds is None else min(hold_seconds, lease_seconds)
+    if limit is not None and source:
+        # A flood from one address is refused here, on a read, without the write lock.
+        checked = now() if at is None else at
+        with store.read() as conn:
+            known = conn.execute(select(participants.c.id).where(
+                participants.c.prolific_pid == prolific_pid)).first() is not None
+            taken, oldest = _entered_since(conn, source, checked - limit.window_seconds)
+        if not known and taken >= limit.max_places:
+            note_refusal(store, "rate_limited", source, prolific_pid, study_param,
+                         session_param, limit.window_seconds, checked)
+            raise EntryLimited("too many new places from this address",
+                               oldest + limit.window_seconds - checked)
+    refused: AssignmentError | None = None
     with store.write() as conn:
         loaded = current_study(conn)
         if loaded is None:
             raise NoStudy("no study is loaded")
         store.lock_lists(conn)
+        at = now() if at is None else at
         existing = conn.execute(select(participants)
                                 .where(participants.c.prolific_pid == prolific_pid)).first()
-        if existing is not None:
+        link = (prolific_pid, study_param, session_param)
+        if existing is not None and existing.session_param == session_param:
             return existing, False
-        if loaded.status != "open":
+        if existing is not None:
+            refused = OtherSession("this PROLIFIC_PID has a session with another SESSION_ID")
+            window = limit.window_seconds if limit is not None else 3600.0
+            if source and _should_log_refusal(conn, "other_session", source, *link,
+                                              at - window):
+                _log_entry(conn, "other_session", source, *link, at)
+        elif loaded.status != "open":
             raise StudyClosed("the study is closed")
-        at = now() if at is None else at
-        fills = [f for f in list_fill(conn, at) if f.has_room]
-        if not fills:
-            raise StudyFull("every list is full")
-        lowest = min(f.filled for f in fills)
-        chosen = rng.choice([f for f in fills if f.filled == lowest])
-        seed = rng.randrange(2**31)
-        order = trial_order(conn, chosen.list_id, seed)
-        result = conn.execute(participants.insert().values(
-            token=secrets.token_urlsafe(32), prolific_pid=prolific_pid,
-            study_param=study_param, session_param=session_param, list_id=chosen.list_id,
-            status="active", trial_order=json.dumps(order), order_seed=seed,
-            n_trials=len(order), n_answered=0, created_at=at,
-            lease_expires_at=at + lease_seconds, user_agent=user_agent[:500]))
-        row = conn.execute(select(participants).where(
-            participants.c.id == result.inserted_primary_key[0])).one()
-        return row, True
+        else:
+            # The count and the new place share this transaction and the lists' lock, so
+            # racing workers never let an address past its limit.
+            taken, oldest = (0, None)
+            if limit is not None and source:
+                taken, oldest = _entered_since(conn, source, at - limit.window_seconds)
+            if limit is None or taken < limit.max_places:
+                return _new_participant(conn, link, user_agent, hold, at, rng, source)
+            refused = EntryLimited("too many new places from this address",
+                                   oldest + limit.window_seconds - at)
+            if _should_log_refusal(conn, "rate_limited", source, *link,
+                                   at - limit.window_seconds):
+                _log_entry(conn, "rate_limited", source, *link, at)
+    # Refused: the log entry is committed, then the participant is told why.
+    raise refused
+
+
+def _new_participant(conn: Connection, link: tuple[str, str, str], user_agent: str,
+                     hold_seconds: float, at: float, rng: random.Random,
+                     source: str | None) -> tuple[Row, bool]:
+    """A new participant for ``link`` (PID, STUDY_ID, SESSION_ID) on the least filled list
+    (StudyFull if none has room), holding the place for ``hold_seconds``. Inside start's
+    transaction, the lists locked."""
+    prolific_pid, study_param, session_param = link
+    fills = [f for f in list_fill(conn, at) if f.has_room]
+    if not fills:
+        raise StudyFull("every list is full")
+    lowest = min(f.filled for f in fills)
+    chosen = rng.choice([f for f in fills if f.filled == lowest])
+    seed = rng.randrange(2**31)
+    order = trial_order(conn, chosen.list_id, seed)
+    result = conn.execute(participants.insert().values(
+        token=secrets.token_urlsafe(32), prolific_pid=prolific_pid,
+        study_param=study_param, session_param=session_param, list_id=chosen.list_id,
+        status="active", trial_order=json.dumps(order), order_seed=seed,
+        n_trials=len(order), n_answered=0, created_at=at,
+        lease_expires_at=at + hold_seconds, user_agent=user_agent[:500]))
+    row = conn.execute(select(participants).where(
+        participants.c.id == result.inserted_primary_key[0])).one()
+    if source:
+        _log_entry(conn, "entered", source, *link, at)
+    return row, True
 
 
 def participant_by_token(conn: Connection, token: str, for_update: bool = False) -> Row | None:
@@ -192,9 +387,10 @@ def participant_by_token(conn: Connection, token: str, for_update: bool = False)
 
 
 def renew_lease(store: Store, conn: Connection, participant: Row, lease_seconds: float,
-                at: float) -> Row:
+                at: float, hold_seconds: float | None = None) -> Row:
     """``participant`` with a valid lease: as is while it runs; renewed if it has passed and
-    the list still has room; otherwise LeaseExpired. Call inside a write transaction."""
+    the list still has room (for ``hold_seconds`` when given and nothing is answered yet,
+    else ``lease_seconds``); otherwise LeaseExpired. Call inside a write transaction."""
     if participant.status != "active" or participant.lease_expires_at > at:
         return participant
     store.lock_lists(conn)
@@ -203,8 +399,11 @@ def renew_lease(store: Store, conn: Connection, participant: Row, lease_seconds:
     loaded = current_study(conn)
     if not fill.has_room or loaded is None or loaded.status != "open":
         raise LeaseExpired("the time for this session has run out and its place was taken")
+    renewal = lease_seconds
+    if hold_seconds is not None and participant.n_answered == 0:
+        renewal = min(hold_seconds, lease_seconds)
     conn.execute(participants.update().where(participants.c.id == participant.id)
-                 .values(lease_expires_at=at + lease_seconds))
+                 .values(lease_expires_at=at + renewal))
     return conn.execute(select(participants).where(participants.c.id == participant.id)).one()
 
 
@@ -277,6 +476,10 @@ def record_response(store: Store, token: str, answer: Answer, lease_seconds: flo
         n_answered = p.n_answered + written
         if written:
             values: dict[str, Any] = {"n_answered": n_answered}
+            if p.n_answered == 0:
+                # The first answer ends the short hold: the lease, counted from entry.
+                values["lease_expires_at"] = max(p.lease_expires_at,
+                                                 p.created_at + lease_seconds)
             if n_answered == p.n_trials:
                 values.update(status="completed", completed_at=at)
             conn.execute(participants.update().where(participants.c.id == p.id).values(**values))

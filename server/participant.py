@@ -7,23 +7,31 @@ and other browsers (entering again with the same PROLIFIC_PID) all land in the r
 
 A preview (the entry page without Prolific's parameters) walks the same pages and trials
 and stores nothing: its progress lives in the signed session cookie only.
+
+Entry (docs/study-design.md, "Entry"): a link with another study's STUDY_ID, a known
+PROLIFIC_PID with another SESSION_ID, and new places beyond the per-address limit are
+refused with a page saying why, and logged (``python -m server entry-log``).
 """
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import random
 import re
+import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
+import click
 from flask import (
     Blueprint,
     Flask,
     abort,
     current_app,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -36,21 +44,27 @@ from werkzeug.exceptions import HTTPException
 
 from .assignment import (
     AssignmentError,
+    EntryLimited,
     LeaseExpired,
     NoStudy,
+    entry_hold_seconds,
+    entry_limit,
+    entry_source,
     lease_seconds,
+    note_refusal,
     participant_by_token,
     renew_lease,
     start,
     trial_order,
 )
 from .csrf import check_csrf, csrf_token
-from .store import get_store, lists, now, participants
+from .store import entry_log, get_store, lists, now, participants
 from .study import current_study
+from .validate import scrub
 
 __all__ = ["bp", "Visit", "current_visit", "stage", "register_error_pages"]
 
-bp = Blueprint("participant", __name__)
+bp = Blueprint("participant", __name__, cli_group=None)   # entry-log: a top-level command
 
 PARAMS = ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")
 STAGES = ("consent", "instructions", "device", "trials", "debrief", "complete")
@@ -99,6 +113,10 @@ def _lease_seconds() -> float:
     return lease_seconds(current_app.config)
 
 
+def _hold_seconds() -> float:
+    return entry_hold_seconds(current_app.config)
+
+
 def current_visit() -> Visit | None:
     """This browser's visit, or None. An active session whose lease has passed is renewed
     if its list has room; otherwise LeaseExpired."""
@@ -129,7 +147,7 @@ def current_visit() -> Visit | None:
     if p.status == "active" and p.lease_expires_at <= now():
         with store.write() as conn:
             p = renew_lease(store, conn, participant_by_token(conn, token, for_update=True),
-                            _lease_seconds(), now())
+                            _lease_seconds(), now(), hold_seconds=_hold_seconds())
     return _visit(p, loaded)
 
 
@@ -168,6 +186,9 @@ def advance(visit: Visit, **changes: Any) -> None:
             values["device"] = json.dumps(changes["device"])
         if changes.get("declined") and p.status == "active" and p.consented_at is None:
             values.update(status="declined", ended_at=at)
+        elif values and p.status == "active" and p.n_answered == 0:
+            # A step before the first answer restarts the short hold (never shortens it).
+            values["lease_expires_at"] = max(p.lease_expires_at, at + _hold_seconds())
         if values:
             conn.execute(participants.update().where(participants.c.id == p.id).values(**values))
 
@@ -199,7 +220,11 @@ def stage_page(name: str):
 
 
 def _problem(exc: AssignmentError, status: int = 200):
-    return render_template(f"problem_{exc.page}.html"), status
+    response = make_response(render_template(f"problem_{exc.page}.html"),
+                             getattr(exc, "status", status))
+    if isinstance(exc, EntryLimited):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 # --- entry --------------------------------------------------------------------------------
@@ -230,18 +255,30 @@ def entry():
             return _goto(visit)
         return render_template("welcome.html")
     problems = _bad_params(given)
+    if problems:
+        return render_template("bad_link.html", problems=problems), 400
     store = get_store()
     with store.read() as conn:
         loaded = current_study(conn)
-    if loaded is not None and loaded.prolific_study_id and not problems \
+    # The client's address as ProxyFix leaves it (X-Forwarded-For only from TRUSTED_PROXIES).
+    source = entry_source(request.remote_addr, current_app.config["SECRET_KEY"])
+    limit = entry_limit(current_app.config)
+    link = (given["PROLIFIC_PID"], given["STUDY_ID"], given["SESSION_ID"])
+    if loaded is not None and loaded.prolific_study_id \
             and given["STUDY_ID"] != loaded.prolific_study_id:
-        problems.append("STUDY_ID does not belong to this study")
-    if problems:
-        return render_template("bad_link.html", problems=problems), 400
+        note_refusal(store, "wrong_study", source, *link,
+                     limit.window_seconds if limit is not None else 3600.0)
+        return render_template("problem_wrong_study.html"), 400
     try:
-        p, _created = start(store, given["PROLIFIC_PID"], given["STUDY_ID"], given["SESSION_ID"],
-                            _lease_seconds(), request.headers.get("User-Agent", ""))
+        p, _created = start(store, *link, _lease_seconds(), _user_agent(),
+                            hold_seconds=_hold_seconds(), source=source, limit=limit)
     except AssignmentError as exc:
+        if isinstance(exc, EntryLimited) and request.headers.get("X-Forwarded-For") \
+                and not current_app.config["TRUSTED_PROXIES"]:
+            current_app.logger.warning(
+                "an entry through a proxy met the per-address limit (ENTRY_MAX_PER_ADDRESS): "
+                "if a reverse proxy serves this app, set TRUSTED_PROXIES, or every "
+                "participant counts as the proxy's address")
         return _problem(exc)
     _forget_participant()
     session["token"] = p.token
@@ -342,13 +379,19 @@ def device(visit: Visit):
                 "screen_height": _int_field("screen_height"),
                 "touch_only": request.form.get("touch_only") == "1",
                 "mobile": request.form.get("mobile") == "1" or _mobile_agent(),
-                "user_agent": request.headers.get("User-Agent", "")[:500]}
+                "user_agent": _user_agent()}
         problems = _device_problems(info)
         if not problems:
             advance(visit, device_ok=True, device=info)
             return redirect(url_for("participant.study"))
     return render_template("device.html", visit=visit, problems=problems), \
         (422 if problems else 200)
+
+
+def _user_agent() -> str:
+    """The browser's User-Agent as stored: NUL and lone surrogates replaced (PostgreSQL
+    refuses NUL in text), at most 500 characters."""
+    return scrub(request.headers.get("User-Agent", ""))[:500]
 
 
 def _mobile_agent() -> bool:
@@ -432,6 +475,32 @@ def register_error_pages(app: Flask) -> None:
     @app.context_processor
     def _csrf():
         return {"csrf_token": csrf_token}
+
+
+# --- the entry log ---------------------------------------------------------------------------
+
+ENTRY_LOG_COLUMNS = ("at", "outcome", "prolific_pid", "study_id", "session_id", "source")
+
+
+@bp.cli.command("entry-log")
+@click.option("--all", "everything", is_flag=True,
+              help="Also the places taken (outcome 'entered'); default: refusals only.")
+def entry_log_command(everything: bool) -> None:
+    """Print the refused entries as CSV, oldest first: rate_limited (an address past
+    ENTRY_MAX_PER_ADDRESS), other_session (a known PROLIFIC_PID with another SESSION_ID),
+    wrong_study (another study's STUDY_ID). ``source`` is a keyed hash of the address."""
+    from .export import iso_time
+
+    e = entry_log.c
+    query = select(e.at, e.outcome, e.prolific_pid, e.study_param, e.session_param,
+                   e.source).order_by(e.id)
+    if not everything:
+        query = query.where(e.outcome != "entered")
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(ENTRY_LOG_COLUMNS)
+    with get_store().read() as conn:
+        for row in conn.execute(query):
+            writer.writerow([iso_time(row[0]), *row[1:]])
 
 
 def preview_answered(visit: Visit, index: int) -> Visit:

@@ -10,7 +10,8 @@ HTTP client with its own cookie jar); at most ``--concurrency`` of them take par
 Along the way some participants
 
 - **reload** (``--reload-rate``, per participant): at a random trial they drop their
-  browser and come back with a new one and the same PROLIFIC_PID, resuming from
+  browser and come back with a new one and the same PROLIFIC_PID and SESSION_ID (one
+  SESSION_ID per PID, :func:`session_id_for`, in every run), resuming from
   ``/api/state``'s ``next_index`` (as a reload, another tab or another browser does);
 - **abandon** (``--abandon-rate``, per participant): at a random trial they stop for good;
 - meet **"This study is full"** and stop there.
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import ipaddress
 import json
 import logging
@@ -93,6 +95,11 @@ OUTCOMES = ("completed", "abandoned", "full", "declined", "expired", "ended", "c
             "no_study", "bad_link", "stopped", "failed")
 
 Rater = Callable[[dict[str, Any], "bytes | None", random.Random], "tuple[bool, str | None]"]
+
+
+def session_id_for(pid: str) -> str:
+    """The simulated participant's SESSION_ID: 24 hexadecimal digits, a function of the PID."""
+    return hashlib.sha256(f"session {pid}".encode()).hexdigest()[:24]
 
 
 class NotLoopback(ValueError):
@@ -323,7 +330,11 @@ class _Participant:
         self.pid = pid
         self.rng = rng
         self.arrival = arrival
-        self.session_id = f"{rng.getrandbits(96):024x}"
+        # One Prolific submission per PID: its SESSION_ID follows from the PID, so a reload
+        # and a later run with the same pids enter with it (the server refuses a known PID
+        # with another SESSION_ID). The draw keeps the seeded plans as they were.
+        rng.getrandbits(96)
+        self.session_id = session_id_for(pid)
         self.http: aiohttp.ClientSession | None = None
         self.images: dict[str, bytes] = {}     # this browser's cache
         # Where (as a fraction of the trials) this participant reloads or gives up.

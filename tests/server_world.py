@@ -5,6 +5,7 @@ interface."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 import uuid
@@ -117,7 +118,9 @@ class Participant:
         self.client = client
         self.pid = pid or new_pid()
         self.study_id = "a" * 24
-        self.session_id = secrets.token_hex(12)
+        # One Prolific submission per participant: every browser of this PID enters with
+        # the same SESSION_ID (the server refuses a known PID with another one).
+        self.session_id = hashlib.sha256(f"session {self.pid}".encode()).hexdigest()[:24]
 
     def enter(self, follow: bool = False, **params: str):
         query = {"PROLIFIC_PID": self.pid, "STUDY_ID": self.study_id,
