@@ -25,7 +25,8 @@ from flask import (
 )
 from sqlalchemy import and_, case, func, literal, select
 
-from .auth import AuthError, check_login, current_admin, log_in, log_out
+from . import validate
+from .auth import AuthError, LoginRefused, check_login, current_admin, log_in, log_out
 from .csrf import check_csrf
 from .store import admin_actions, get_store, lists, now, participants, responses
 from .store import study as study_table
@@ -35,6 +36,8 @@ __all__ = ["bp", "list_summary", "status_totals", "median_duration", "participan
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 PAGE_SIZE = 50
+MAX_PAGE = 1_000_000          # ?page= beyond this is a 400 (50 million participants)
+MAX_NEXT = 2048               # the longest ?next= followed after login
 ENDED = ("returned", "timed_out", "rejected")
 FILTERS = ("all", "active", "expired", "completed", "ended", "declined")
 
@@ -59,34 +62,43 @@ def _no_store(response):
 # --- login --------------------------------------------------------------------------------
 
 def _safe_next(target: str | None) -> str:
-    """Only a local path under /admin/ (never another site)."""
-    if target and target.startswith("/admin/") and not urlparse(target).netloc \
-            and not target.startswith("//"):
+    """Only a local path under /admin/ (never another site), of printable ASCII (a CR, LF
+    or NUL in a Location header is a 500 or worse) and at most MAX_NEXT characters."""
+    if target and target.startswith("/admin/") and len(target) <= MAX_NEXT \
+            and target.isascii() and target.isprintable() \
+            and not urlparse(target).netloc and not target.startswith("//"):
         return target
     return url_for("admin.dashboard")
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    error, status = None, 200
+    """The login form. Limits (server/auth.py): a user name with LOGIN_MAX_FAILURES
+    failures in the window is refused (429) even with its password, other accounts are
+    not; an address past LOGIN_MAX_FAILURES_PER_ADDRESS is refused for every name."""
+    error, status, headers = None, 200, {}
     if request.method == "POST":
         cfg = current_app.config
+        address = request.remote_addr or "?"
         try:
             account = check_login(get_store(), request.form.get("username", ""),
-                                  request.form.get("password", ""),
-                                  request.remote_addr or "?", cfg["LOGIN_MAX_FAILURES"],
-                                  cfg["LOGIN_WINDOW_MINUTES"] * 60)
+                                  request.form.get("password", ""), address,
+                                  cfg["LOGIN_MAX_FAILURES"], cfg["LOGIN_WINDOW_MINUTES"] * 60,
+                                  max_address_failures=cfg["LOGIN_MAX_FAILURES_PER_ADDRESS"])
+        except LoginRefused as exc:
+            error, status = str(exc), 429
+            headers["Retry-After"] = str(exc.retry_after)
         except AuthError as exc:
-            error = str(exc)
-            status = 429 if "too many" in error else 401
+            error, status = str(exc), 401
         else:
-            log_in(account, request.form["username"].strip())
+            log_in(account, address)
             return redirect(_safe_next(request.args.get("next")))
-    return render_template("admin/login.html", error=error), status
+    return render_template("admin/login.html", error=error), status, headers
 
 
 @bp.post("/logout")
 def logout():
+    """End the session: in the store, so a copy of the cookie is worth nothing."""
     log_out()
     return redirect(url_for("admin.login"))
 
@@ -187,9 +199,10 @@ def dashboard():
     status = request.args.get("status", "all")
     if status not in FILTERS:
         abort(400, description=f"status must be one of {', '.join(FILTERS)}")
-    page = request.args.get("page", 1, type=int)
-    if page < 1:
-        abort(400, description="page must be 1 or more")
+    try:
+        page = validate.query_int("page", request.args.get("page"), 1, 1, MAX_PAGE)
+    except validate.Invalid as exc:
+        abort(exc.status, description=str(exc))
     at = now()
     with get_store().read() as conn:
         loaded = conn.execute(select(study_table.c.status, study_table.c.completion_code,
@@ -210,7 +223,7 @@ def _record(conn, action: str, target: str) -> None:
                                                target=target, at=now()))
 
 
-@bp.post("/participants/<int:participant_id>/status")
+@bp.post("/participants/<int(max=2147483647):participant_id>/status")
 def mark(participant_id: int):
     """Mark a participant returned or timed out: their slot goes back to the list."""
     new = request.form.get("status")
