@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, current_app
 from jinja2 import ChoiceLoader, FileSystemLoader
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -58,22 +58,41 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_COOKIE_HTTPONLY": True,
     "SESSION_COOKIE_SAMESITE": "Lax",
     "SESSION_COOKIE_NAME": "study_session",
+    # Strict-Transport-Security: max-age=N on every response when N > 0 (serve over HTTPS
+    # only, then: browsers refuse plain HTTP to the host for N seconds); 0 leaves it off.
+    "HSTS_SECONDS": 0,
     # A stable secret shared by every worker: generated once into the instance folder
     # unless given (``FLASK_SECRET_KEY``).
     "SECRET_KEY": None,
-    # The experimenter side: sessions end this long after login or after this long idle;
-    # logins are refused after this many failures (per user name or address) in the window.
+    # The experimenter side (server/auth.py): sessions are kept in the store and end this
+    # long after login or after this long idle (and on logout or a new password);
+    # logins for a user name are refused (429) after LOGIN_MAX_FAILURES failures in
+    # LOGIN_WINDOW_MINUTES, whatever the address, even with the right password; from an
+    # address, after LOGIN_MAX_FAILURES_PER_ADDRESS failures (any user names).
     "ADMIN_SESSION_MINUTES": 8 * 60,
     "ADMIN_IDLE_MINUTES": 60,
     "LOGIN_MAX_FAILURES": 5,
+    "LOGIN_MAX_FAILURES_PER_ADDRESS": 20,
     "LOGIN_WINDOW_MINUTES": 15,
     # The dashboard highlights active sessions idle this long (or past their lease).
     "STALE_MINUTES": 10,
     # Prolific's webhook secret (workspace hooks/secrets); unset, the webhook is off.
     "PROLIFIC_WEBHOOK_SECRET": None,
+    # A delivery whose X-Prolific-Request-Timestamp is further than this from the server's
+    # clock (either way) is refused (401): no stale, replayed or future-dated events.
+    "PROLIFIC_WEBHOOK_WINDOW_SECONDS": 300,
     # Reverse proxies in front of the app whose X-Forwarded-* headers are trusted (so that
     # login limits see the real client address); 0 when serving directly.
     "TRUSTED_PROXIES": 0,
+    # Entry (docs/study-design.md, "Entry"): a new arrival holds a place this long, each
+    # step before the trials (consent, instructions, device check) restarting the hold,
+    # until their first stored answer (practice included) holds it for the whole lease;
+    # None holds the lease from entry. An address (an IPv6 /64) takes at most
+    # ENTRY_MAX_PER_ADDRESS new places in ENTRY_WINDOW_MINUTES (a lab of 30 behind one
+    # NAT gets in); returning participants are never counted; None turns the limit off.
+    "ENTRY_HOLD_MINUTES": 5,
+    "ENTRY_MAX_PER_ADDRESS": 40,
+    "ENTRY_WINDOW_MINUTES": 60,
 }
 
 
@@ -93,6 +112,7 @@ def create_app(test_config: dict[str, Any] | None = None,
         app.config["DATABASE_URL"] = os.environ["DATABASE_URL"]
     if test_config:
         app.config.from_mapping(test_config)
+    app.config["HSTS_SECONDS"] = _hsts_seconds(app.config.get("HSTS_SECONDS"))
 
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     if not app.config["DATABASE_URL"]:
@@ -137,7 +157,26 @@ def _security_headers(response):
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("X-Frame-Options", "DENY")
+    # No page is kept by the browser or a proxy (the completion page shows the code, the
+    # dashboard Prolific ids); a response that may be cached says so itself (panel
+    # images: immutable; static files: revalidated).
+    response.headers.setdefault("Cache-Control", "no-store")
+    hsts = current_app.config["HSTS_SECONDS"]
+    if hsts:
+        response.headers.setdefault("Strict-Transport-Security", f"max-age={hsts}")
     return response
+
+
+def _hsts_seconds(value: Any) -> int:
+    """HSTS_SECONDS as a whole number of seconds, 0 or more (None: 0); ValueError else."""
+    if value is None:
+        return 0
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"HSTS_SECONDS must be a whole number of seconds, 0 or more "
+                         f"(0: no Strict-Transport-Security), not {value!r}")
+    return value
 
 
 def _isotime(seconds: float | None, short: bool = False) -> str:

@@ -3,7 +3,9 @@
 - ``GET /api/state``: the participant's trials (panel image URLs, practice flags) and the
   next unanswered trial, so a reload resumes where the participant stopped.
 - ``POST /api/responses``: one answer. Validated strictly (4xx with a message, never a
-  500); written once; a repeat returns the stored answer and changes nothing.
+  500): the body is parsed by :func:`server.validate.loads` (UTF-8, nesting and every
+  number bounded before anything is converted, no lone surrogate or NUL in any string);
+  written once; a repeat returns the stored answer and changes nothing.
 - ``GET /api/health``: 200 when the app answers and its store runs a query, else 503
   (the container's health check, :mod:`server.healthcheck`).
 """
@@ -17,7 +19,7 @@ from typing import Any
 from flask import Blueprint, abort, current_app, jsonify, request, session, url_for
 from sqlalchemy import select
 
-from . import prolific
+from . import prolific, validate
 from .assignment import (
     BEFORE_TRIALS,
     Answer,
@@ -87,6 +89,12 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], requi
     if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
         names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise TrialError(f"{name} must be {names}, not {type(value).__name__}")
+    # the same bounds as validate.loads, for a body parsed elsewhere: no int too large
+    # for a float, no string a database cannot store
+    if isinstance(value, int | float) and not abs(value) <= validate.MAX_NUMBER:
+        raise TrialError(f"{name}: the number is out of range")
+    if isinstance(value, str) and not validate.is_clean(value):
+        raise TrialError(f"{name} contains a NUL or a lone surrogate: not valid text")
     return value
 
 
@@ -147,10 +155,15 @@ def respond():
     check_csrf()
     if not request.is_json:
         abort(415, description="Send the answer as JSON (Content-Type: application/json).")
-    body = request.get_json(silent=True)
     token = session.get("token")
     if "preview" not in session and not token:
         abort(403, description="No session: open the study from its link.")
+    try:
+        body = validate.loads(request.get_data())
+    except validate.NotJSON as exc:
+        abort(exc.status, description=f"the body must be a JSON object ({exc})")
+    except validate.Invalid as exc:
+        abort(exc.status, description=f"the answer cannot be taken: {exc}")
     try:
         answer = parse_answer(body, current_app.config["OBJECT_TEXT_MAX"])
         if "preview" in session:

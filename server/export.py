@@ -32,10 +32,14 @@ Formats:
 - CSV injection (OWASP): a spreadsheet runs a cell that begins with ``=``, ``+``, ``-``,
   ``@``, a tab or a carriage return as a formula, and participants write ``object_text``
   themselves. In the CSV files every text cell that begins with one of these characters
-  is prefixed with a single quote (``=1+1`` is written ``'=1+1``); numbers are never
-  altered. The JSON files hold the text exactly as stored: use them where the raw text
-  matters (a stored text that itself begins with a quote is not altered, so the CSV
-  alone cannot tell ``'=x`` from ``=x``).
+  is prefixed with a single quote (``=1+1`` is written ``'=1+1``), and so is one that
+  begins with one after Unicode compatibility normalisation (NFKC: fullwidth ``＝1+1``,
+  small ``﹦1``) or after leading invisible characters (format characters, category Cf,
+  such as U+200B or U+202E, and blanks other than tab and CR): :func:`csv_text`. The
+  quote is the only change: the rest of the cell is the stored text, unnormalised;
+  numbers are never altered. The JSON files hold the text exactly as stored: use them
+  where the raw text matters (a stored text that itself begins with a quote is not
+  altered, so the CSV alone cannot tell ``'=x`` from ``=x``).
 
 Exports stream: rows are read with a server-side cursor on PostgreSQL and by stepping the
 cursor on SQLite, a few thousand at a time (:data:`YIELD_PER`), and written as they come,
@@ -53,6 +57,7 @@ import os
 import sys
 import tempfile
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,7 +74,7 @@ from sqlalchemy.engine import Connection
 from .store import Store, get_store, panels, participants, responses
 
 __all__ = ["EXPORTS", "RESPONSE_COLUMNS", "PARTICIPANT_COLUMNS", "YIELD_PER", "iso_time",
-           "iter_export", "write_exports", "export_command", "init_app"]
+           "csv_text", "iter_export", "write_exports", "export_command", "init_app"]
 
 # file name -> mimetype (for a download's Content-Type)
 EXPORTS: dict[str, str] = {
@@ -94,7 +99,8 @@ PARTICIPANT_COLUMNS: tuple[str, ...] = (
 # Rows fetched (and written as one chunk) at a time.
 YIELD_PER = 5000
 
-# A CSV text cell beginning with one of these is prefixed with "'" (OWASP CSV injection).
+# A CSV text cell beginning with one of these is prefixed with "'" (OWASP CSV injection),
+# also after NFKC and leading invisible characters (csv_text).
 FORMULA_START = frozenset("=+-@\t\r")
 
 
@@ -111,6 +117,27 @@ def iso_time(t: float | None) -> str | None:
         return None
     second, ms = divmod(round(t * 1000), 1000)
     return f"{_iso_second(second)}.{ms:03d}Z"
+
+
+def _lead(text: str) -> str:
+    """The first character of ``text`` after any format characters (Cf: U+200B, U+202E,
+    U+FEFF, ...) and blanks other than tab and CR (those are formula triggers)."""
+    for c in text:
+        if c in "\t\r" or not (c.isspace() or unicodedata.category(c) == "Cf"):
+            return c
+    return ""
+
+
+def _formula(text: str) -> bool:
+    return _lead(text) in FORMULA_START or \
+        _lead(unicodedata.normalize("NFKC", text)) in FORMULA_START
+
+
+def csv_text(text: str) -> str:
+    """A text as the CSV export writes it: prefixed with ``'`` when a spreadsheet could
+    take it for a formula (it begins with ``= + - @``, a tab or a CR, as stored or after
+    NFKC, once leading invisible characters are skipped), otherwise unchanged."""
+    return "'" + text if text and _formula(text) else text
 
 
 def _window(device: str | None) -> tuple[int | None, int | None, str | None]:
@@ -240,7 +267,9 @@ def _csv_chunks(conn: Connection, table: _Table, counter: list[int]) -> Iterator
                 values[i] = "true" if v else "false"
         for i in texts:
             v = values[i]
-            if v and v[0] in FORMULA_START:
+            # printable ASCII other than a trigger starts plain text whatever follows
+            # (NFKC keeps it); anything else takes the full rule
+            if v and (v[0] in FORMULA_START or not "!" <= v[0] <= "~") and _formula(v):
                 values[i] = "'" + v
         return values
 

@@ -15,6 +15,8 @@ does the same by hand.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -41,7 +44,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 __all__ = ["Store", "get_store", "init_app", "metadata", "meta", "study", "panels", "lists",
            "list_panels", "participants", "responses", "admins", "login_attempts",
-           "webhook_events", "admin_actions", "SCHEMA_VERSION", "now"]
+           "webhook_events", "admin_actions", "entry_log", "SCHEMA_VERSION", "now"]
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +182,29 @@ admin_actions = Table(
     Column("at", Float, nullable=False),
 )
 
-SCHEMA_VERSION = 2
+# -- entry to the study (schema version 3) --------------------------------------------------
+
+# Every place taken ("entered") and every entry refused ("rate_limited", "other_session",
+# "wrong_study"; docs/study-design.md, "Entry"). ``source`` is a keyed hash of the
+# client's address (its /64 for IPv6), never the address: the per-address limit counts
+# "entered" rows by source, in the store, so it holds across gunicorn workers.
+entry_log = Table(
+    "entry_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("prolific_pid", String(64)),
+    Column("study_param", String(64)),
+    Column("session_param", String(64)),
+    Index("ix_entry_log_source_at", "source", "at"),
+)
+
+SCHEMA_VERSION = 4   # 4: admin_sessions (below)
 
 _VERSION_1 = ("meta", "study", "panels", "lists", "list_panels", "participants", "responses")
 _VERSION_2 = ("admins", "login_attempts", "webhook_events", "admin_actions")
+_VERSION_3 = ("entry_log",)
 
 
 def _migrate_to_1(conn: Connection) -> None:
@@ -193,8 +215,39 @@ def _migrate_to_2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[metadata.tables[name] for name in _VERSION_2])
 
 
+def _migrate_to_3(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[metadata.tables[name] for name in _VERSION_3])
+
+
 # version reached -> the step that reaches it from the one before
-MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
+
+
+# -- the experimenter's sessions (schema version 4) ------------------------------------------
+
+# One row per logged-in browser (server/auth.py): the signed cookie carries only a random
+# session id, the store only its SHA-256, so logging out, a new password or a timeout
+# ends the session wherever its cookie has been copied to.
+admin_sessions = Table(
+    "admin_sessions", metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("admin_id", Integer, ForeignKey("admins.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen_at", Float, nullable=False, index=True),
+    Column("ip", String(64)),
+)
+
+__all__ += ["admin_sessions"]
+
+_VERSION_4 = ("admin_sessions",)
+
+
+def _migrate_to_4(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[metadata.tables[name] for name in _VERSION_4])
+
+
+MIGRATIONS[4] = _migrate_to_4
 
 
 def now() -> float:
@@ -221,6 +274,7 @@ class Store:
             if parsed.database in (None, "", ":memory:"):
                 raise ValueError("DATABASE_URL: the SQLite store needs a file "
                                  "(sqlite:////path/to/study.db), not an in-memory database")
+            _create_private(parsed.database)
             self.engine = create_engine(self.url, echo=echo,
                                         connect_args={"timeout": 30, "check_same_thread": False})
             _sqlite_setup(self.engine)
@@ -280,6 +334,31 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _create_private(path: str) -> None:
+    """Create the SQLite file, if missing, readable and writable by its owner only (0600,
+    whatever the umask): it holds Prolific ids and password hashes. SQLite creates the
+    ``-wal`` and ``-shm`` files with the database file's permissions, so they follow. An
+    existing file is left as it is (a warning says when others may read it); where the
+    file cannot be made here, SQLite's own open reports why."""
+    if path.startswith("file:"):                # a URI filename: SQLite opens it as given
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o077:
+            log.warning("the store %s is readable by others (mode %o): it holds Prolific "
+                        "ids and password hashes; chmod 600 it and its -wal and -shm files",
+                        path, mode)
+        return
+    except OSError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -221,6 +221,51 @@ def test_csv_injection_is_escaped_in_csv_only(app, tmp_path):
     assert read_json(out / "participants.json")[0]["user_agent"] == "=cmd|' /C calc'!A0"
 
 
+LOOK_ALIKES = {   # stored text -> its CSV cell
+    "\uff1d1+1": "'\uff1d1+1",              # fullwidth equals sign: NFKC "="
+    "\u200b=1+1": "'\u200b=1+1",            # zero width space (Cf) before "="
+    "\u202e=1+1": "'\u202e=1+1",            # right-to-left override (Cf) before "="
+    "\ufeff\u2060+1": "'\ufeff\u2060+1",    # BOM and word joiner (Cf) before "+"
+    "\uff0d2": "'\uff0d2",                  # fullwidth hyphen-minus
+    "\uff20SUM(A1)": "'\uff20SUM(A1)",      # fullwidth commercial at
+    "\ufe661": "'\ufe661",                  # small equals sign
+    "\u00a0\u3000=1": "'\u00a0\u3000=1",    # no-break and ideographic spaces before "="
+    "\u202ecat": "\u202ecat",               # an override before a word: kept as it is
+    "cat \uff1d dog": "cat \uff1d dog",     # a look-alike inside the text: kept
+    "\u00fc=1": "\u00fc=1",
+    "=\u0338": "'=\u0338",                  # "=" and a combining overlay (NFKC: U+2260)
+}
+
+
+@pytest.mark.parametrize("text,cell", list(LOOK_ALIKES.items()))
+def test_csv_text_rule(text, cell):
+    assert export.csv_text(text) == cell
+
+
+def test_formula_look_alikes_are_escaped_after_normalisation(app, tmp_path):
+    people = walk(app)
+    texts = list(LOOK_ALIKES)
+    store = store_of(app)
+    with store.write() as conn:
+        pid = conn.execute(select(participants.c.id)
+                           .where(participants.c.prolific_pid == people["done"].pid)).scalar()
+        for i, text in enumerate(texts):
+            conn.execute(responses.update()
+                         .where(responses.c.participant_id == pid,
+                                responses.c.trial_index == i)
+                         .values(object_text=text))
+        conn.execute(participants.update().where(participants.c.id == pid)
+                     .values(user_agent="\u200b\uff1dcmd|' /C calc'!A0"))
+    out = tmp_path / "out"
+    write_exports(store, out)
+    _, rows = read_csv(out / "responses.csv")
+    assert [r["object_text"] for r in rows[:len(texts)]] == list(LOOK_ALIKES.values())
+    _, people_rows = read_csv(out / "participants.csv")
+    assert people_rows[0]["user_agent"] == "'\u200b\uff1dcmd|' /C calc'!A0"
+    # the JSON keeps every text exactly as stored
+    assert [o["object_text"] for o in read_json(out / "responses.json")[:len(texts)]] == texts
+
+
 def test_analysis_reads_the_exported_files(app, tmp_path):
     people = walk(app)
     out = tmp_path / "out"
