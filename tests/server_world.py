@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
+from sqlalchemy import func, select
 from system_deps import PG_URL, missing, require
 
 from experiment.design import build_design
 from server import create_app
+from server.store import Store, participants
 from server.study import install_study
 from server.study_file import write_study
 
@@ -192,3 +194,25 @@ def png_rater():
         return (image is not None and image.startswith(b"\x89PNG")), "dog"
 
     return rate
+
+
+# -- reading a test's store ------------------------------------------------------------------
+
+
+def store_of(app) -> Store:
+    return app.extensions["store"]
+
+
+def count(app, table, *where) -> int:
+    """Rows of ``table`` (matching every ``where`` clause) in ``app``'s store."""
+    with store_of(app).read() as conn:
+        query = select(func.count()).select_from(table)
+        for clause in where:
+            query = query.where(clause)
+        return conn.execute(query).scalar()
+
+
+def participant_row(app, pid: str):
+    with store_of(app).read() as conn:
+        return conn.execute(select(participants)
+                            .where(participants.c.prolific_pid == pid)).one()

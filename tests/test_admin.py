@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from server_world import Participant, new_pid, study_app
+from server_world import Participant, count, new_pid, study_app
 from sqlalchemy import event, func, select
 
 from server import create_app
@@ -79,14 +79,6 @@ def experimenter(app):
     person = Experimenter(app.test_client())
     assert person.login().location == "/admin/"
     return person
-
-
-def count(app, table, *where):
-    with app.extensions["store"].read() as conn:
-        query = select(func.count()).select_from(table)
-        for clause in where:
-            query = query.where(clause)
-        return conn.execute(query).scalar()
 
 
 # --- accounts and login -------------------------------------------------------------------

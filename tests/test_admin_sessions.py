@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from server_world import serving, study_app
+from server_world import count, serving, study_app
 from sqlalchemy import func, select
 
 import server.auth
@@ -65,14 +65,6 @@ def session_token(client) -> str:
     """The CSRF token of this browser's session, from the dashboard's forms."""
     page = client.get("/admin/").get_data(as_text=True)
     return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-
-
-def count(app, table, *where) -> int:
-    with app.extensions["store"].read() as conn:
-        query = select(func.count()).select_from(table)
-        for clause in where:
-            query = query.where(clause)
-        return conn.execute(query).scalar()
 
 
 def study_status(app) -> str:

@@ -19,8 +19,8 @@ import threading
 from collections import Counter
 
 import pytest
-from server_world import Participant, make_design, new_pid
-from sqlalchemy import func, inspect, select
+from server_world import Participant, count, make_design, new_pid, participant_row, store_of
+from sqlalchemy import inspect, select
 
 import server.assignment
 import server.participant
@@ -30,24 +30,6 @@ from server.store import SCHEMA_VERSION, Store, meta, metadata, participants, re
 from server.study import install_study
 
 LEASE_S = prolific_max_minutes(30) * 60      # the default lease: 43 minutes
-
-
-def store_of(app) -> Store:
-    return app.extensions["store"]
-
-
-def count(app, table, *where) -> int:
-    with store_of(app).read() as conn:
-        query = select(func.count()).select_from(table)
-        for clause in where:
-            query = query.where(clause)
-        return conn.execute(query).scalar()
-
-
-def participant_row(app, pid):
-    with store_of(app).read() as conn:
-        return conn.execute(select(participants)
-                            .where(participants.c.prolific_pid == pid)).one()
 
 
 def log_rows(app, outcome: str | None = None):

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from server_world import LAYERS, Participant
+from server_world import LAYERS, Participant, store_of
 from sqlalchemy import event, select
 
 from analysis.table2 import read_participants, read_responses, select_judgments
@@ -30,10 +30,6 @@ from server.export import (
 from server.store import Store, list_panels, lists, panels, participants, responses
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-def store_of(app) -> Store:
-    return app.extensions["store"]
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:

@@ -18,8 +18,8 @@ from urllib.parse import quote, urlencode
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_world import Participant, make_design, store_url, study_app
-from sqlalchemy import func, select
+from server_world import Participant, count, make_design, store_url, study_app
+from sqlalchemy import select
 
 from server import validate
 from server.prolific import sign
@@ -28,11 +28,6 @@ from server.store import study as study_table
 
 PASSWORD = "correct horse battery"
 BIG = "1" + "0" * 309                    # 10**309: an int Python cannot make a float of
-
-
-def count(app, table) -> int:
-    with app.extensions["store"].read() as conn:
-        return conn.execute(select(func.count()).select_from(table)).scalar()
 
 
 def answer_text(person: Participant, index: int = 0, **fields) -> str:
@@ -381,8 +376,6 @@ def _mutated(base: dict):
 
     return st.tuples(st.sampled_from(list(base)), json_values,
                      st.sampled_from(["keep", "drop", "replace", "replace"])).map(change)
-
-
 
 
 def _json_text(value) -> bytes:

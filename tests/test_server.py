@@ -11,7 +11,7 @@ import threading
 from collections import Counter
 
 import pytest
-from server_world import Participant, make_design, new_pid
+from server_world import Participant, count, make_design, new_pid, participant_row, store_of
 from sqlalchemy import func, select
 
 from server.assignment import (
@@ -23,25 +23,6 @@ from server.assignment import (
 )
 from server.store import SCHEMA_VERSION, Store, meta, participants, responses
 from server.study import StudyError, install_study
-
-
-def store_of(app) -> Store:
-    return app.extensions["store"]
-
-
-def count(app, table, *where) -> int:
-    with store_of(app).read() as conn:
-        query = select(func.count()).select_from(table)
-        for clause in where:
-            query = query.where(clause)
-        return conn.execute(query).scalar()
-
-
-def participant_row(app, pid):
-    with store_of(app).read() as conn:
-        return conn.execute(select(participants)
-                            .where(participants.c.prolific_pid == pid)).one()
-
 
 # --- the flow -----------------------------------------------------------------------------
 

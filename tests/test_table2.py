@@ -50,10 +50,10 @@ class ToyCoder:
         return Word(text.strip().lower())
 
     def agree(self, a, b):
-        return a.text == b.text
+        return a.coded and b.coded and a.text == b.text
 
     def matches(self, code, senses):
-        return code.text in senses
+        return code.coded and code.text in senses
 
 
 CLASSES = {i: frozenset({f"c{i}"}) for i in range(20)}

@@ -10,11 +10,11 @@ per-unit shares through :func:`analysis.table2.mean_share`, the function the tab
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pytest
+from test_table2 import ToyCoder
 
 from analysis.table2 import (
     TABLE2_COLUMNS,
@@ -25,29 +25,6 @@ from analysis.table2 import (
     proportion,
     table2,
 )
-
-
-@dataclass(frozen=True)
-class Word:
-    text: str
-
-    @property
-    def coded(self) -> bool:
-        return not self.text.startswith("?")
-
-
-class ToyCoder:
-    """Answers are class names ("c3"); answers agree when equal; "?..." is uncodeable."""
-
-    def code(self, text):
-        return Word(text.strip().lower())
-
-    def agree(self, a, b):
-        return a.coded and b.coded and a.text == b.text
-
-    def matches(self, code, senses):
-        return code.coded and code.text in senses
-
 
 CLASSES = {i: frozenset({f"c{i}"}) for i in range(20)}
 
