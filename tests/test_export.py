@@ -186,10 +186,10 @@ def test_json_holds_the_csv_content_with_native_types(app, tmp_path):
     assert people[0]["window_width"] == 1280 and people[2]["completed_at"] is None
 
 
-def test_csv_injection_is_escaped_in_csv_only(app, tmp_path):
+def export_with_texts(app, tmp_path, texts: list[str], **participant) -> Path:
+    """The finished participant's first answers' object_text set to ``texts`` and their
+    row updated with ``participant``; the exports written; their folder."""
     people = walk(app)
-    texts = ["=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "\tx", "\ry", "'quoted",
-             "a = b", "", "plain"]
     store = store_of(app)
     with store.write() as conn:
         pid = conn.execute(select(participants.c.id)
@@ -200,9 +200,17 @@ def test_csv_injection_is_escaped_in_csv_only(app, tmp_path):
                                 responses.c.trial_index == i)
                          .values(object_text=text))
         conn.execute(participants.update().where(participants.c.id == pid)
-                     .values(user_agent="=cmd|' /C calc'!A0", session_param="-5"))
+                     .values(**participant))
     out = tmp_path / "out"
     write_exports(store, out)
+    return out
+
+
+def test_csv_injection_is_escaped_in_csv_only(app, tmp_path):
+    texts = ["=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "\tx", "\ry", "'quoted",
+             "a = b", "", "plain"]
+    out = export_with_texts(app, tmp_path, texts, user_agent="=cmd|' /C calc'!A0",
+                            session_param="-5")
     _, rows = read_csv(out / "responses.csv")
     assert [r["object_text"] for r in rows[:len(texts)]] == [
         "'=HYPERLINK(\"http://x\")", "'+1", "'-2", "'@SUM(A1)", "'\tx", "'\ry", "'quoted",
@@ -239,21 +247,8 @@ def test_csv_text_rule(text, cell):
 
 
 def test_formula_look_alikes_are_escaped_after_normalisation(app, tmp_path):
-    people = walk(app)
     texts = list(LOOK_ALIKES)
-    store = store_of(app)
-    with store.write() as conn:
-        pid = conn.execute(select(participants.c.id)
-                           .where(participants.c.prolific_pid == people["done"].pid)).scalar()
-        for i, text in enumerate(texts):
-            conn.execute(responses.update()
-                         .where(responses.c.participant_id == pid,
-                                responses.c.trial_index == i)
-                         .values(object_text=text))
-        conn.execute(participants.update().where(participants.c.id == pid)
-                     .values(user_agent="\u200b\uff1dcmd|' /C calc'!A0"))
-    out = tmp_path / "out"
-    write_exports(store, out)
+    out = export_with_texts(app, tmp_path, texts, user_agent="\u200b\uff1dcmd|' /C calc'!A0")
     _, rows = read_csv(out / "responses.csv")
     assert [r["object_text"] for r in rows[:len(texts)]] == list(LOOK_ALIKES.values())
     _, people_rows = read_csv(out / "participants.csv")
