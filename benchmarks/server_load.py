@@ -6,7 +6,12 @@ For each store (SQLite, and PostgreSQL where one answers) and each concurrency l
 1. creates a fresh store (a SQLite file in a temporary instance folder, or a new schema
    in PostgreSQL) and loads a generated design whose list targets add up to the level
    (so the lists fill exactly; a few extra participants arrive late and meet "study full");
-2. starts gunicorn on a free loopback port: ``-w 4 -k gthread --threads 4`` (see below);
+2. starts gunicorn on a free loopback port: ``-w 4 -k gthread --threads 4 --keep-alive 10``
+   (see below; the simulated browsers keep idle connections 9.5 s, as browsers keep them
+   for a minute or more, so they reuse them instead of opening one per request), and with
+   ``--front nginx`` / ``nginx-accel`` nginx before it as in production (README,
+   "Production front": images sent by nginx, directly or after the app's
+   X-Accel-Redirect);
 3. measures a baseline: ``GET /static/study.css`` through the same gunicorn, idle;
 4. runs ``server.simulate`` (entry, consent, instructions, device check, 6 practice and
    6 main trials with their images, debrief, completion; 5% reload with a new browser, 5%
@@ -40,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -142,16 +148,17 @@ class Gunicorn:
     """gunicorn serving ``server:create_app()`` on a free loopback port."""
 
     def __init__(self, instance: Path, database_url: str, workers: int, threads: int,
-                 worker_class: str):
+                 worker_class: str, keep_alive: float = 2,
+                 extra_env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = instance / "gunicorn.log"
         # every simulated participant comes from 127.0.0.1: no per-address entry limit
         env = dict(os.environ, FLASK_INSTANCE_PATH=str(instance), DATABASE_URL=database_url,
-                   FLASK_ENTRY_MAX_PER_ADDRESS="null")
+                   FLASK_ENTRY_MAX_PER_ADDRESS="null", **(extra_env or {}))
         cmd = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", worker_class,
                "--threads", str(threads), "-b", f"127.0.0.1:{self.port}",
-               "--backlog", "2048", "--log-level", "warning", "server:create_app()"]
+               "--backlog", "2048", "--keep-alive", str(keep_alive), "--log-level", "warning", "server:create_app()"]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
                                          stderr=subprocess.STDOUT)
@@ -174,6 +181,112 @@ class Gunicorn:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+NGINX_CONF = """\
+# The production front (README, "Production front") on loopback, for the benchmark.
+{user}worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/nginx_error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    include {mime_types};
+    access_log off;
+    client_body_temp_path {root}/client_body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    upstream study_app {{ server 127.0.0.1:{app_port}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 64k;
+        location / {{
+            proxy_pass http://study_app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+        }}
+{images}
+    }}
+}}
+"""
+
+# The security headers the app sets on every response, for the files nginx sends itself
+# (after an X-Accel-Redirect nginx keeps the app's Cache-Control, not these).
+NGINX_IMAGE_HEADERS = """\
+            add_header Cache-Control "public, max-age=31536000, immutable" always;
+            add_header Content-Security-Policy "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'" always;
+            add_header X-Content-Type-Options nosniff always;
+            add_header Referrer-Policy no-referrer always;
+            add_header X-Frame-Options DENY always;"""
+
+# "nginx": panel images straight from the image folder (a valid name only; anything else
+# goes to the app, which answers 404). "nginx-accel": every image request goes to the app,
+# which answers with X-Accel-Redirect (IMAGE_ACCEL_REDIRECT) and nginx sends the file.
+NGINX_IMAGES = {
+    "nginx": """\
+        location ~ "^/img/([0-9a-f]{{64}}\\.(?:jpg|png|webp|gif))$" {{
+            alias {image_dir}/$1;
+{headers}
+        }}""",
+    "nginx-accel": """\
+        location /protected-images/ {{
+            internal;
+            alias {image_dir}/;
+{accel_headers}
+        }}""",
+}
+
+
+class Nginx:
+    """nginx (the production front) on a free loopback port before gunicorn."""
+
+    def __init__(self, instance: Path, app_port: int, mode: str):
+        exe = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(exe).exists():
+            raise RuntimeError("--front nginx: no nginx here (Debian: apt-get install nginx)")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        root = instance / "nginx"
+        root.mkdir()
+        images = NGINX_IMAGES[mode].format(image_dir=instance / "images",
+                                           headers=NGINX_IMAGE_HEADERS,
+                                           # Cache-Control comes with the app's answer
+                                           accel_headers=NGINX_IMAGE_HEADERS.split("\n", 1)[1])
+        conf = root / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(
+            user="user root;\n" if os.geteuid() == 0 else "", root=root,
+            mime_types="/etc/nginx/mime.types", app_port=app_port, port=self.port,
+            images=images))
+        self.proc = subprocess.Popen([exe, "-c", str(conf), "-p", str(root)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx exited ({self.proc.returncode}): "
+                                   + (root / "nginx_error.log").read_text()[-2000:])
+            try:
+                with urllib.request.urlopen(f"{self.url}/static/study.css", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("nginx did not answer within 20 s") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)     # graceful
+            try:
+                self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -226,15 +339,28 @@ def run_level(kind: str, level: int, design_root: Path, args) -> dict:
             install_study(store, design, instance / "images", completion_code="BENCH1")
             store.dispose()
             sessions = PgSchema.sessions() if schema else None
-            server = Gunicorn(instance, url, args.workers, args.threads, args.worker_class)
+            extra_env = {}
+            if args.front != "none":
+                extra_env["FLASK_TRUSTED_PROXIES"] = "1"
+            if args.front == "nginx-accel":
+                extra_env["FLASK_IMAGE_ACCEL_REDIRECT"] = "/protected-images/"
+            server = Gunicorn(instance, url, args.workers, args.threads, args.worker_class,
+                              args.keep_alive, extra_env)
+            front = None
             try:
-                base = baseline(server.url)
+                if args.front != "none":
+                    front = Nginx(instance, server.port, args.front)
+                target = front.url if front else server.url
+                base = baseline(target)
                 result = run_simulation(
-                    server.url, level + extra, level + extra, seed=level,
+                    target, level + extra, level + extra, seed=level,
                     think_ms=args.think_ms, ramp_seconds=args.ramp, reload_rate=0.05,
                     abandon_rate=0.05, fetch_images=True, max_seconds=args.max_seconds,
-                    timeout_s=30, retry_seconds=30)
+                    timeout_s=30, retry_seconds=30,
+                    keepalive_s=max(0.5, args.keep_alive - 0.5))
             finally:
+                if front:
+                    front.stop()
                 server.stop()
             if schema:
                 time.sleep(0.5)       # the statistics of the ended sessions settle
@@ -319,6 +445,13 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4)")
     parser.add_argument("--threads", type=int, default=4,
                         help="threads per gunicorn worker (default 4)")
+    parser.add_argument("--keep-alive", type=int, default=10,
+                        help="gunicorn's --keep-alive, seconds; the simulated browsers keep "
+                             "idle connections half a second less (default %(default)s)")
+    parser.add_argument("--front", choices=("none", "nginx", "nginx-accel"), default="none",
+                        help="a reverse proxy before gunicorn, as in production: nginx "
+                             "sending the panel images itself (nginx) or after the app's "
+                             "X-Accel-Redirect (nginx-accel); default none")
     parser.add_argument("--worker-class", default="gthread",
                         help="gunicorn worker class (default gthread)")
     parser.add_argument("--max-seconds", type=float, default=240.0,
@@ -328,7 +461,8 @@ def main() -> int:
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     kinds = [k.strip() for k in args.stores.split(",") if k.strip()]
     print(f"server load: gunicorn -w {args.workers} -k {args.worker_class} --threads "
-          f"{args.threads}; {os.cpu_count()} CPUs shared by server, store and simulator; "
+          f"{args.threads} --keep-alive {args.keep_alive}"
+          f"{'' if args.front == 'none' else ', behind ' + args.front}; {os.cpu_count()} CPUs shared by server, store and simulator; "
           f"think {args.think_ms:g} ms per action, arrivals over {args.ramp:g} s; "
           f"{N_LISTS} lists of 6 panels after 6 practice panels, images fetched")
     runs = []

@@ -37,6 +37,10 @@ DEFAULTS: dict[str, Any] = {
     "DB_POOL_SIZE": 10,
     # Where the study's panel images are kept (content-addressed); default instance/images.
     "IMAGE_DIR": None,
+    # A reverse proxy's internal location serving IMAGE_DIR (e.g. "/protected-images/"):
+    # image requests are answered with X-Accel-Redirect and the proxy sends the file
+    # (README, "Production front"); None: the app sends it.
+    "IMAGE_ACCEL_REDIRECT": None,
     # A participant's hold on a list slot: Prolific's maximum time for the study, which
     # Prolific derives from the estimated completion time (see assignment.lease_seconds);
     # LEASE_MINUTES, when set, overrides it.
@@ -58,6 +62,12 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_COOKIE_HTTPONLY": True,
     "SESSION_COOKIE_SAMESITE": "Lax",
     "SESSION_COOKIE_NAME": "study_session",
+    # The cookie is signed and sent when the session changes (entry, login, a new CSRF
+    # token), not again on every response: it lasts PERMANENT_SESSION_LIFETIME (31 days)
+    # from then, far beyond a study's lease, and an experimenter's session ends by its own
+    # server-side limits (ADMIN_SESSION_MINUTES, ADMIN_IDLE_MINUTES). Re-signing it on
+    # every request cost about a tenth of a request's CPU.
+    "SESSION_REFRESH_EACH_REQUEST": False,
     # Strict-Transport-Security: max-age=N on every response when N > 0 (serve over HTTPS
     # only, then: browsers refuse plain HTTP to the host for N seconds); 0 leaves it off.
     "HSTS_SECONDS": 0,

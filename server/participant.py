@@ -443,14 +443,28 @@ def ended(visit: Visit):
 IMAGE_NAME = re.compile(r"[0-9a-f]{64}\.(jpg|png|webp|gif)")
 
 
+IMAGE_MIMETYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}
+IMAGE_CACHE_CONTROL = "public, max-age=31536000, immutable"
+
+
 @bp.get("/img/<name>")
 def image(name: str):
     """A panel image by content hash: the URL changes whenever the image does, so browsers
-    and proxies may keep it for a year."""
-    if not IMAGE_NAME.fullmatch(name):
+    and proxies may keep it for a year. With ``IMAGE_ACCEL_REDIRECT`` (a reverse proxy's
+    internal location, e.g. ``/protected-images/``) the file is left to the proxy
+    (``X-Accel-Redirect``: nginx; README, "Production front"); the app only checks the
+    name."""
+    match = IMAGE_NAME.fullmatch(name)
+    if not match:
         abort(404)
-    response = send_from_directory(current_app.config["IMAGE_DIR"], name, max_age=31536000)
-    response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    accel = current_app.config["IMAGE_ACCEL_REDIRECT"]
+    if accel:
+        response = current_app.response_class(mimetype=IMAGE_MIMETYPES[match.group(1)])
+        response.headers["X-Accel-Redirect"] = f"{accel.rstrip('/')}/{name}"
+    else:
+        response = send_from_directory(current_app.config["IMAGE_DIR"], name,
+                                       max_age=31536000)
+    response.headers["Cache-Control"] = IMAGE_CACHE_CONTROL
     return response
 
 
