@@ -189,7 +189,9 @@ def _bools(series: pd.Series, column: str, path: str) -> pd.Series:
 
 def read_responses(path: str | os.PathLike) -> pd.DataFrame:
     """The server's ``responses.csv`` (one row per trial), checked: the columns of
-    :data:`RESPONSE_COLUMNS`, booleans, integer units. Extra columns are kept."""
+    :data:`RESPONSE_COLUMNS`, booleans, integer units. Extra columns are kept; where there
+    is a ``catch`` column (catch trials, which are no units: no layer or unit) it is read
+    as booleans."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise Table2Error(f"{path}: no such file (expected the server's responses.csv)")
@@ -212,6 +214,9 @@ def read_responses(path: str | os.PathLike) -> pd.DataFrame:
     df["practice"] = _bools(df["practice"], "practice", path)
     df["answer_yes"] = _bools(df["answer_yes"], "answer_yes", path)
     main = ~df["practice"]
+    if "catch" in df.columns:
+        df["catch"] = _bools(df["catch"], "catch", path)
+        main &= ~df["catch"]
     for column in ("unit", "trial_index"):
         values = pd.to_numeric(df[column], errors="coerce")
         bad = (values.isna() | (values != values.round())) & (main | (column == "trial_index"))
@@ -238,12 +243,18 @@ def read_participants(path: str | os.PathLike) -> pd.DataFrame:
 
 def select_judgments(responses: pd.DataFrame, participants: pd.DataFrame | None = None,
                      include_incomplete: bool = False) -> pd.DataFrame:
-    """The main (non-practice) trials of complete participants (all with
+    """The main (non-practice, non-catch) trials of complete participants (all with
     ``include_incomplete``). Completeness comes from ``participants`` (status
     "completed"), else a ``participant_status`` column, else it is inferred: a participant
     is complete when they rated every panel their list holds (``list_id``; without it,
     as many panels as the most any participant rated)."""
-    main = responses[~responses["practice"]].copy()
+    main = responses[~responses["practice"]]
+    if "catch" in main.columns:   # catch trials are no units: never in Table 2
+        catch = main["catch"]
+        if catch.dtype != bool:
+            catch = catch.astype(str).str.strip().str.lower().isin(TRUE)
+        main = main[~catch]
+    main = main.copy()
     if include_incomplete or len(main) == 0:
         return main
     if participants is not None:

@@ -16,6 +16,9 @@ Inputs
     ``expected`` (the answer the panel expects: yes, no or empty, carried into the
     study file where given); the first ``practice_trials`` rows (file order) are the
     practice trials.
+    *Catch manifest* (CSV, optional; ``generator.panels catch`` writes one):
+    ``panel_id, path, expected`` (yes or no) and ``label`` (the class a yes names; empty
+    for a no).
 
 Dealing (deterministic for a seed; one ``numpy.random.default_rng(seed)``)
     1. Sampling: for each layer named in ``sample`` (layer order), ``N`` panels
@@ -27,6 +30,17 @@ Dealing (deterministic for a seed; one ``numpy.random.default_rng(seed)``)
        list sizes each differ by at most one between lists.
     3. Targets: ``q, r = divmod(participants, n_lists)``; ``r`` random lists get
        ``q + 1``, the others ``q``.
+    4. Catch trials (``catch_trials`` K > 0, drawn from a generator of their own,
+       ``default_rng((seed, CATCH_STREAM))``, so that the dealing above is the same with
+       and without them): every list gets K catch panels, K // 2 positive (expected yes)
+       and K // 2 negative; for an odd K the extra one is positive in half the lists
+       (a random half, rounded up) and negative in the others. Each kind's files are
+       taken in turn from a seeded cycle of the manifest's files of that kind, so every
+       file serves about equally many lists and no list shows a file twice. The K
+       catches take K random positions of the list's K + n trials (n: its AM panels),
+       in a random order. A catch panel gets an id of its own in every list
+       (``panel-`` and 16 hexadecimal digits of a hash: the participant's browser
+       sees panel ids, so an id gives nothing away), its file shared.
 
 Output: ``study.json`` (format ``selectivity-study/1``, written atomically, every
 ``path`` in it relative to the file's folder). The file format (its rules, writing,
@@ -41,13 +55,15 @@ naming what is wrong, where, and how to fix it.
 Command line::
 
     python -m experiment.design --panels P.csv --practice Q.csv --lists 64 \\
-        --participants 333 [--sample fc6=2048] [--seed 0] --out study.json
+        --participants 333 [--sample fc6=2048] [--seed 0] \\
+        [--catch 4 --catch-panels catch.csv] --out study.json
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import logging
 import os
 import sys
@@ -72,12 +88,14 @@ from server.study_file import (
 )
 
 __all__ = [
+    "CATCH_COLUMNS",
     "PANEL_COLUMNS",
     "PRACTICE_COLUMNS",
     "DesignError",
     "build_design",
     "main",
     "parse_sample",
+    "read_catch",
     "read_panels",
     "read_practice",
     "summary",
@@ -94,6 +112,14 @@ PRACTICE_COLUMNS = ("panel_id", "path")
 #: The values of a practice manifest's optional ``expected`` column (the answer a
 #: practice panel expects; empty: not stated).
 PRACTICE_EXPECTED = ("yes", "no")
+
+#: Required columns of a catch manifest (``label``, the class a yes names, is optional for
+#: a no and required for a yes).
+CATCH_COLUMNS = ("panel_id", "path", "expected")
+
+#: The catch trials' own random stream (with the seed): the dealing is the same with and
+#: without them.
+CATCH_STREAM = 0xCA7C4
 
 CLI = DESIGN_CLI
 
@@ -251,6 +277,40 @@ def read_practice(path: str | os.PathLike) -> pd.DataFrame:
     return out
 
 
+def read_catch(path: str | os.PathLike) -> pd.DataFrame:
+    """The catch manifest: ``panel_id, path (absolute str), expected ("yes" or "no"),
+    label`` (the class a yes names; None for a no)."""
+    frame = _read_csv(path, "catch", CATCH_COLUMNS)
+    problems = _empty_cells(frame, ("panel_id", "path"))
+    labels = frame["label"] if "label" in frame.columns else pd.Series([""] * len(frame))
+    for i, (value, label) in enumerate(zip(frame["expected"], labels, strict=True)):
+        if value not in PRACTICE_EXPECTED:
+            problems.append(f"line {i + 2}: expected {value!r} is not yes or no")
+        elif value == "yes" and not label:
+            problems.append(f"line {i + 2}: a positive catch panel (expected yes) needs the "
+                            "label its answer names")
+        elif value == "no" and label:
+            problems.append(f"line {i + 2}: a negative catch panel (expected no) has label "
+                            f"{label!r}; leave it empty")
+    if problems:
+        raise DesignError(f"{path}: {len(problems)} bad cell(s) in the catch manifest; "
+                          f"fix them:\n{listing(problems)}")
+    dups = _duplicates(list(frame["panel_id"]))
+    if dups:
+        raise DesignError(f"{path}: duplicate panel_id value(s) in the catch manifest; "
+                          f"every catch panel needs its own id:\n{listing(dups)}")
+    out = pd.DataFrame({
+        "panel_id": frame["panel_id"],
+        "path": _absolute_paths(frame, Path(path)),
+        "expected": frame["expected"],
+        "label": pd.Series([lab or None for lab in labels], dtype=object),
+    })
+    out.attrs["source"] = str(path)
+    log.info("%s: %d catch panels (%d positive, %d negative)", path, len(out),
+             int((out["expected"] == "yes").sum()), int((out["expected"] == "no").sum()))
+    return out
+
+
 # ---------------------------------------------------------------------------
 # The design (pure)
 
@@ -370,6 +430,90 @@ def _practice(practice: pd.DataFrame, practice_trials: int,
     return ids, entries
 
 
+def catch_id(seed: int, list_id: int, slot: int, source: str) -> str:
+    """The id of a catch trial: ``panel-`` and 16 hexadecimal digits of a hash of the seed,
+    the list, the slot and the catch file's id (the browser sees panel ids: nothing in it
+    tells a catch from another panel, or its answer)."""
+    text = f"catch/{seed}/{list_id}/{slot}/{source}"
+    return "panel-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_catch(catch: pd.DataFrame | None, catch_trials: int) -> None:
+    if not is_int(catch_trials) or catch_trials < 0:
+        raise DesignError(f"catch_trials = {catch_trials!r} (--catch): must be an integer of "
+                          "0 or more")
+    if catch_trials and catch is None:
+        raise DesignError(f"catch_trials = {catch_trials} (--catch) needs catch panels "
+                          "(--catch-panels catch.csv; python -m generator.panels catch "
+                          "makes them)")
+    if catch is not None:
+        _check_frame(catch, CATCH_COLUMNS, "catch")
+
+
+def _catch_count(kind: str, half: int, odd: int, extra_yes: bool) -> int:
+    """How many catch panels of ``kind`` (yes or no) a list gets."""
+    if kind == "yes":
+        return half + (odd if extra_yes else 0)
+    return half + (0 if extra_yes else odd)
+
+
+def _catch(catch: pd.DataFrame, catch_trials: int, dealt: Sequence[Sequence[str]],
+           list_ids: Sequence[int], taken: set[str],
+           seed: int) -> tuple[dict[str, dict], list[list[dict]]]:
+    """The catch trials (module docstring, step 4): the entries of ``catch_panels`` and,
+    per list, its ``catch`` (``{"panel": id, "position": p}``, by position)."""
+    where = _where(catch, "the catch manifest")
+    rng = np.random.default_rng((seed, CATCH_STREAM))
+    n_lists = len(dealt)
+    half, odd = divmod(catch_trials, 2)
+    extra_yes = np.zeros(n_lists, dtype=bool)
+    if odd:
+        extra_yes[rng.permutation(n_lists)[:(n_lists + 1) // 2]] = True
+    kinds = {}
+    for kind in PRACTICE_EXPECTED:
+        rows = [i for i, value in enumerate(catch["expected"]) if value == kind]
+        need = max(_catch_count(kind, half, odd, bool(extra_yes[k])) for k in range(n_lists))
+        if need > len(rows):
+            what = "positive (expected yes)" if kind == "yes" else "negative (expected no)"
+            raise DesignError(
+                f"catch_trials = {catch_trials} (--catch): a list needs {need} {what} catch "
+                f"panel(s) but {where} has {len(rows)}; a list never shows a file twice: make "
+                f"more (python -m generator.panels catch --{'positive' if kind == 'yes' else 'negative'} "
+                f"{need}) or ask for fewer catch trials")
+        kinds[kind] = [rows[i] for i in rng.permutation(len(rows))]
+    cursor = dict.fromkeys(PRACTICE_EXPECTED, 0)
+    ids = [str(p) for p in catch["panel_id"]]
+    entries: dict[str, dict] = {}
+    per_list: list[list[dict]] = []
+    for k in range(n_lists):
+        chosen = []
+        for kind in PRACTICE_EXPECTED:
+            n = _catch_count(kind, half, odd, bool(extra_yes[k]))
+            pool = kinds[kind]
+            chosen += [pool[(cursor[kind] + j) % len(pool)] for j in range(n)]
+            cursor[kind] += n
+        order = rng.permutation(len(chosen))
+        positions = np.sort(rng.choice(len(dealt[k]) + catch_trials, size=catch_trials,
+                                       replace=False))
+        trials = []
+        for slot, (row, position) in enumerate(zip((chosen[i] for i in order), positions,
+                                                   strict=True)):
+            pid = catch_id(seed, list_ids[k], slot, ids[row])
+            if pid in taken or pid in entries:
+                raise DesignError(f"catch trial id {pid!r} of list {list_ids[k]} is taken "
+                                  "already; run the design with another --seed")
+            label = catch["label"].iat[row] if "label" in catch.columns else None
+            entries[pid] = {"path": os.path.abspath(str(catch["path"].iat[row])),
+                            "catch": True,
+                            "catch_expected": str(catch["expected"].iat[row]),
+                            "catch_class": None if label is None or pd.isna(label)
+                            or label == "" else str(label),
+                            "catch_id": ids[row]}
+            trials.append({"panel": pid, "position": int(position)})
+        per_list.append(trials)
+    return entries, per_list
+
+
 def _to_unit(value: Any, pid: str) -> int:
     try:
         unit = int(value)
@@ -382,18 +526,22 @@ def _to_unit(value: Any, pid: str) -> int:
 
 def build_design(panels: pd.DataFrame, practice: pd.DataFrame, n_lists: int,
                  participants: int, sample: Mapping[str, int] | None = None, seed: int = 0,
-                 practice_trials: int = 6) -> dict:
+                 practice_trials: int = 6, catch: pd.DataFrame | None = None,
+                 catch_trials: int = 0) -> dict:
     """The study dict for a request: absolute paths, no sha256, no file I/O.
 
     ``panels`` has columns ``panel_id, layer, unit, path``; ``practice`` has
     ``panel_id, path`` and optionally ``label`` (as :func:`read_panels` and
-    :func:`read_practice` return them). Raises :class:`DesignError` for an
-    impossible request.
+    :func:`read_practice` return them); ``catch`` (needed when ``catch_trials`` > 0) has
+    ``panel_id, path, expected`` and ``label`` (:func:`read_catch`). Raises
+    :class:`DesignError` for an impossible request. Without catch trials the study has
+    no catch keys (a file as before them).
     """
     sample = dict(sample or {})
     _check_request(n_lists, participants, practice_trials, seed)
     _check_frame(panels, PANEL_COLUMNS, "panels")
     _check_frame(practice, PRACTICE_COLUMNS, "practice")
+    _check_catch(catch, catch_trials)
     where = _where(panels, "the panels manifest")
     if panels.empty:
         raise DesignError(f"{where}: no panels; the manifest needs one row per panel")
@@ -426,7 +574,7 @@ def build_design(panels: pd.DataFrame, practice: pd.DataFrame, n_lists: int,
                  "path": os.path.abspath(str(panels["path"].iat[i]))}
         for i in in_design
     }
-    return {
+    study = {
         "format": FORMAT,
         "seed": int(seed),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -442,6 +590,16 @@ def build_design(panels: pd.DataFrame, practice: pd.DataFrame, n_lists: int,
         "lists": [{"id": k + 1, "target": targets[k], "panels": dealt[k]}
                   for k in range(n_lists)],
     }
+    if catch_trials:
+        entries, per_list = _catch(catch, catch_trials, dealt,
+                                   [lst["id"] for lst in study["lists"]],
+                                   set(ids) | set(practice_ids), seed)
+        study["catch_trials"] = int(catch_trials)
+        study["catch_panels"] = entries
+        study["source"]["catch"] = catch.attrs.get("source")
+        for lst, trials in zip(study["lists"], per_list, strict=True):
+            lst["catch"] = trials
+    return study
 
 
 # ---------------------------------------------------------------------------
@@ -477,6 +635,12 @@ def summary(study: Mapping) -> str:
     rows.append(("participants", str(study["participants"]),
                  "targets " + _targets_text([lst["target"] for lst in lists])))
     rows.append(("practice trials", str(study["practice_trials"]), ""))
+    if study.get("catch_trials"):
+        expected = Counter(e["catch_expected"] for e in study["catch_panels"].values())
+        files = len({e["catch_id"] for e in study["catch_panels"].values()})
+        rows.append(("catch trials", str(study["catch_trials"]),
+                     f"per list; {expected['yes']} yes + {expected['no']} no in all, "
+                     f"from {files} files"))
     return _table(rows)
 
 
@@ -506,7 +670,8 @@ def _parser(prog: str = CLI) -> argparse.ArgumentParser:
             "Design the rating study (docs/study-design.md): deal every panel of a panels manifest "
             "into exactly one list, each layer spread as evenly as possible, give each list "
             "a participant target (the targets sum to --participants), pick the practice "
-            "panels, check the files and write study.json. Deterministic for a seed. The "
+            "panels, add --catch K catch trials to every list, check the files and write "
+            "study.json. Deterministic for a seed. The "
             "summary table goes to stdout, progress to stderr."),
         epilog=(f"example (the paper): {prog} --panels panels.csv --practice practice.csv "
                 "--lists 64 --participants 333 --sample fc6=2048 --seed 0 --out study.json"),
@@ -528,6 +693,15 @@ def _parser(prog: str = CLI) -> argparse.ArgumentParser:
                              "replacement; repeat for several layers (default: every panel)")
     parser.add_argument("--practice-trials", type=int, default=6, metavar="N",
                         help="number of practice trials (default 6)")
+    parser.add_argument("--catch", type=int, default=0, metavar="K",
+                        help="catch trials in every list (default 0): K panels of "
+                             "--catch-panels, half expected yes and half no (an odd K's "
+                             "extra one yes in half the lists), at random positions among "
+                             "the list's trials, drawn with --seed")
+    parser.add_argument("--catch-panels", metavar="CSV",
+                        help="catch manifest with columns panel_id, path, expected (yes/no) "
+                             "and label (the class a yes names), as python -m generator.panels "
+                             "catch writes it")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random sampling and dealing (default 0)")
     parser.add_argument("--out", required=True, metavar="JSON",
@@ -548,12 +722,19 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.catch_panels and not args.catch:
+            raise DesignError("--catch-panels without --catch K: say how many catch trials "
+                              "every list gets")
         study = build_design(read_panels(args.panels, args.min_images),
                              read_practice(args.practice),
                              n_lists=args.lists, participants=args.participants,
                              sample=parse_sample(args.sample), seed=args.seed,
-                             practice_trials=args.practice_trials)
+                             practice_trials=args.practice_trials,
+                             catch=read_catch(args.catch_panels) if args.catch_panels else None,
+                             catch_trials=args.catch)
         study["source"] = {"panels": args.panels, "practice": args.practice}
+        if args.catch:
+            study["source"]["catch"] = args.catch_panels
         validate_design(study)
         check_files(study, open_images=not args.no_check_images)
         write_study(study, args.out)

@@ -28,7 +28,7 @@ from common.files import atomic_path, sha256_file
 
 from .store import Store, get_store, list_panels, lists, now, panels, participants, responses
 from .store import study as study_table
-from .study_file import DesignError, read_study
+from .study_file import DesignError, list_trials, read_study
 
 __all__ = ["StudyError", "install_study", "current_study", "image_name", "init_app"]
 
@@ -86,6 +86,8 @@ def install_study(store: Store, study_path: str | Path, image_dir: str | Path,
     practice_ids = list(design["practice"])
     sources = [(pid, design["practice_panels"][pid]) for pid in practice_ids]
     sources += list(design["panels"].items())
+    catch_panels = design.get("catch_panels") or {}
+    sources += list(catch_panels.items())
     files = {pid: _store_image(Path(info["path"]), image_dir, info.get("sha256"))
              for pid, info in (progress or iter)(sources)}
 
@@ -104,18 +106,26 @@ def install_study(store: Store, study_path: str | Path, image_dir: str | Path,
         rows += [dict(id=pid, practice=False, layer=info["layer"], unit=int(info["unit"]),
                       label=None, image=files[pid], position=i)
                  for i, (pid, info) in enumerate(design["panels"].items())]
-        conn.execute(panels.insert(), rows)
+        # catch panels: no unit, their answer known (docs/study-design.md, "Catch trials")
+        rows += [dict(id=pid, practice=False, layer=None, unit=None, label=None,
+                      image=files[pid], position=i, catch=True,
+                      catch_expected=info["catch_expected"], catch_class=info.get("catch_class"))
+                 for i, (pid, info) in enumerate(catch_panels.items(), len(design["panels"]))]
+        conn.execute(panels.insert(), [{"catch": False, "catch_expected": None,
+                                        "catch_class": None, **row} for row in rows])
         conn.execute(lists.insert(), [dict(id=int(item["id"]), target=int(item["target"]))
                                       for item in design["lists"]])
+        # a list's trials in design order: its AM panels, its catch panels at their positions
         conn.execute(list_panels.insert(), [
             dict(list_id=int(item["id"]), position=i, panel_id=pid)
-            for item in design["lists"] for i, pid in enumerate(item["panels"])])
+            for item in design["lists"] for i, pid in enumerate(list_trials(item))])
         conn.execute(study_table.insert().values(
             id=1, format=design["format"], seed=design.get("seed"),
             design=json.dumps(design), loaded_at=now(), status="open",
             completion_code=code, prolific_study_id=prolific_study_id,
             practice_trials=len(practice_ids)))
     return {"panels": len(design["panels"]), "practice": len(practice_ids),
+            "catch": len(catch_panels),
             "lists": len(design["lists"]),
             "participants": sum(int(item["target"]) for item in design["lists"]),
             "completion_code": code, "images": len(set(files.values()))}
@@ -129,8 +139,12 @@ def _random_code() -> str:
 def current_study(conn: Connection):
     """The loaded study's row, or None: every column but ``design`` (the whole study.json,
     hundreds of kilobytes at the paper's size, which no participant request needs)."""
-    columns = [c for c in study_table.c if c.name != "design"]
-    return conn.execute(select(*columns).where(study_table.c.id == 1)).first()
+    return conn.execute(_CURRENT_STUDY).first()
+
+
+# Built once (nearly every request runs it).
+_CURRENT_STUDY = select(*[c for c in study_table.c if c.name != "design"]).where(
+    study_table.c.id == 1)
 
 
 def init_app(app: Flask) -> None:
@@ -157,7 +171,8 @@ def load_study_command(design: str, completion_code: str | None,
                                completion_code, prolific_study_id, discard_data, progress=bar)
     except StudyError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"loaded {design}: {counts['panels']} panels in {counts['lists']} lists, "
+    catch = f", {counts['catch']} catch trials" if counts["catch"] else ""
+    click.echo(f"loaded {design}: {counts['panels']} panels in {counts['lists']} lists{catch}, "
                f"{counts['practice']} practice panels, {counts['participants']} participants "
                f"wanted; {counts['images']} images in {current_app.config['IMAGE_DIR']}")
     click.echo(f"completion code: {counts['completion_code']} (enter it in Prolific's study "

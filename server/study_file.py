@@ -18,6 +18,21 @@ The file (docs/study-design.md)::
                                   "expected": "yes|no (optional)"}},
      "lists": [{"id": 1, "target": 5, "panels": ["<id>", ...]}, ...]}
 
+With catch trials (``python -m experiment.design --catch K``; optional, absent from a
+study without them), three more keys::
+
+     "catch_trials": 4,
+     "catch_panels": {"<id>": {"path": "...", "sha256": "...", "catch": true,
+                               "catch_expected": "yes|no", "catch_class": "<class or null>",
+                               "catch_id": "<the catch manifest's panel_id>"}},
+     "lists": [{"id": 1, "target": 5, "panels": [...],
+                "catch": [{"panel": "<id>", "position": 7}, ...]}, ...]
+
+``panels`` stays the AM panels (units) alone. A list's trials are its ``panels`` with its
+catch panels put in at their ``position`` (0-based, in the K + n trials; ascending);
+every catch id is in exactly one list (a catch file shown in many lists has an id in
+each) and is no AM or practice panel's id.
+
 In the file every ``path`` is relative to the file's own directory (``..`` allowed), so a
 study folder can be moved as a whole; :func:`read_study` turns them back into absolute
 paths. In memory (a design from ``experiment.design.build_design``, a study from
@@ -51,6 +66,7 @@ __all__ = [
     "DesignError",
     "check_files",
     "is_int",
+    "list_trials",
     "listing",
     "read_study",
     "validate_design",
@@ -95,6 +111,15 @@ def is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def list_trials(lst: Mapping) -> list[str]:
+    """A list's trials in design order: its ``panels`` with its catch panels (``catch``, if
+    any) put in at their positions."""
+    trials = list(lst["panels"])
+    for trial in sorted(lst.get("catch", []), key=lambda t: t["position"]):
+        trials.insert(trial["position"], trial["panel"])
+    return trials
+
+
 # ---------------------------------------------------------------------------
 # Validation
 
@@ -135,6 +160,57 @@ def _structure_problems(study: Mapping) -> list[str]:
                             "target and a panels array")
     if not study["lists"]:
         problems.append("no lists")
+    return problems
+
+
+def _catch_problems(study: Mapping) -> list[str]:
+    """The catch trials' rules (none for a study without catch keys)."""
+    lists = study["lists"]
+    if "catch_trials" not in study and "catch_panels" not in study \
+            and not any("catch" in lst for lst in lists):
+        return []
+    k, entries = study.get("catch_trials"), study.get("catch_panels")
+    if not is_int(k) or k < 0 or not isinstance(entries, dict):
+        return ["catch trials need 'catch_trials' (an integer of 0 or more) and "
+                "'catch_panels' (a JSON object)"]
+    problems = []
+    for pid, entry in entries.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
+                and entry.get("catch") is True
+                and entry.get("catch_expected") in ("yes", "no")):
+            problems.append(f"catch panel {pid!r}: needs a path, catch true and a "
+                            "catch_expected of yes or no")
+        elif entry["catch_expected"] == "yes" and not (
+                isinstance(entry.get("catch_class"), str) and entry["catch_class"]):
+            problems.append(f"catch panel {pid!r}: a positive catch (expected yes) needs its "
+                            "catch_class")
+        elif entry["catch_expected"] == "no" and entry.get("catch_class") is not None:
+            problems.append(f"catch panel {pid!r}: a negative catch (expected no) has no "
+                            "catch_class")
+        if pid in study["panels"] or pid in study["practice_panels"]:
+            problems.append(f"catch panel {pid!r} is also an AM or practice panel id")
+    seen: Counter = Counter()
+    for lst in lists:
+        trials = lst.get("catch", [])
+        if not (isinstance(trials, list) and all(
+                isinstance(t, dict) and isinstance(t.get("panel"), str)
+                and is_int(t.get("position")) for t in trials)):
+            problems.append(f"list {lst['id']}: 'catch' must be an array of "
+                            "{\"panel\": id, \"position\": integer}")
+            continue
+        if len(trials) != k:
+            problems.append(f"list {lst['id']}: {len(trials)} catch trials, catch_trials = {k}")
+        positions = [t["position"] for t in trials]
+        size = len(lst["panels"]) + len(trials)
+        if positions != sorted(set(positions)) or any(not 0 <= p < size for p in positions):
+            problems.append(f"list {lst['id']}: catch positions {positions} must ascend, "
+                            f"each once, within 0..{size - 1}")
+        seen.update(t["panel"] for t in trials)
+    problems += [f"catch panel {p!r} is in {n} list entries (must be exactly one)"
+                 for p, n in seen.items() if n > 1]
+    problems += [f"list catch panel {p!r} is not in 'catch_panels'" for p in seen
+                 if p not in entries]
+    problems += [f"catch panel {p!r} is in no list" for p in entries if p not in seen]
     return problems
 
 
@@ -193,7 +269,9 @@ def validate_design(study: Mapping) -> None:
     list and every listed panel known; per-layer counts and list sizes differ by
     at most one between lists; targets sum to ``participants``; sampled layers
     hold their sample size; practice ids unique, known, distinct from panel ids
-    and ``practice_trials`` many.
+    and ``practice_trials`` many; where there are catch trials, ``catch_trials`` of them in
+    every list at distinct ascending positions, each catch id in exactly one list, known,
+    distinct from the other ids, with its expected answer (and a class for a yes).
     """
     if not isinstance(study, Mapping):
         raise DesignError(f"a study must be a JSON object, not {type(study).__name__}")
@@ -202,7 +280,7 @@ def validate_design(study: Mapping) -> None:
                           f"regenerate it with {DESIGN_CLI}")
     problems = _structure_problems(study)
     if not problems:
-        problems = _dealing_problems(study) + _count_problems(study)
+        problems = _dealing_problems(study) + _count_problems(study) + _catch_problems(study)
     if problems:
         raise DesignError(f"the study breaks {len(problems)} rule(s) of the design; "
                           f"regenerate it with {DESIGN_CLI}:\n{listing(problems)}")
@@ -213,11 +291,13 @@ def validate_design(study: Mapping) -> None:
 
 
 def _files(study: Mapping) -> list[tuple[str, dict]]:
-    """``(label, entry)`` for every panel and practice panel of a study."""
+    """``(label, entry)`` for every panel, practice panel and catch panel of a study."""
     out = [(f"panel {pid!r} ({entry['layer']} unit {entry['unit']})", entry)
            for pid, entry in study["panels"].items()]
     out += [(f"practice panel {pid!r}", study["practice_panels"][pid])
             for pid in study["practice"]]
+    out += [(f"catch panel {pid!r} ({entry.get('catch_id')})", entry)
+            for pid, entry in (study.get("catch_panels") or {}).items()]
     return out
 
 
