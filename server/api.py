@@ -5,7 +5,10 @@
 - ``POST /api/responses``: one answer. Validated strictly (4xx with a message, never a
   500): the body is parsed by :func:`server.validate.loads` (UTF-8, nesting and every
   number bounded before anything is converted, no lone surrogate or NUL in any string);
-  written once; a repeat returns the stored answer and changes nothing.
+  written once; a repeat returns the stored answer and changes nothing. Besides the answer
+  and its times, the body may carry what the trial page records while the panel is shown
+  (:data:`ANSWER_INPUTS`, :func:`parse_answer`): ``hidden_ms``, ``focus_losses``,
+  ``pasted`` and ``answer_input``, each optional (older pages and clients send none).
 - ``GET /api/health``: 200 when the app answers and its store runs a query, else 503
   (the container's health check, :mod:`server.healthcheck`).
 """
@@ -34,13 +37,18 @@ from .csrf import check_csrf
 from .participant import Visit, current_visit, preview_answered, stage
 from .store import get_store, panels
 
-__all__ = ["bp", "parse_answer"]
+__all__ = ["bp", "parse_answer", "ANSWER_INPUTS", "MAX_FOCUS_LOSSES"]
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 MAX_RT_MS = 24 * 3600 * 1000
 # Client clocks: accept 2000-01-01 .. 2100-01-01, in milliseconds since the epoch.
 CLIENT_TIME_RANGE = (946684800000, 4102444800000)
+#: How yes / no was chosen (``answer_input``): the Y / N keys (or Enter / Space on a
+#: focused button), or a button pressed with a mouse, a finger or a pen.
+ANSWER_INPUTS = ("key", "mouse", "touch", "pen")
+#: The most window focus losses one trial may report (``focus_losses``).
+MAX_FOCUS_LOSSES = 100_000
 WHITESPACE = re.compile(r"\s+")
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -116,6 +124,23 @@ def _client_time(body: dict[str, Any], name: str) -> float | None:
     return value / 1000.0
 
 
+def _count(body: dict[str, Any], name: str, limit: int) -> int | None:
+    """An optional whole number from 0 to ``limit`` (an integer in the JSON, not 2.0)."""
+    value = _field(body, name, int, required=False)
+    if value is not None and not 0 <= value <= limit:
+        raise TrialError(f"{name} must be a whole number from 0 to {limit}")
+    return value
+
+
+def _choice(body: dict[str, Any], name: str, choices: tuple[str, ...]) -> str | None:
+    """An optional string, one of ``choices``."""
+    value = _field(body, name, str, required=False)
+    if value is not None and value not in choices:
+        shown = value if len(value) <= 20 else value[:17] + "..."
+        raise TrialError(f"{name} must be one of {', '.join(choices)}, not {shown!r}")
+    return value
+
+
 def clean_text(text: str, limit: int) -> str:
     """Trimmed, whitespace runs as one space, control characters refused, length-limited."""
     if CONTROL.search(text):
@@ -127,7 +152,14 @@ def clean_text(text: str, limit: int) -> str:
 
 
 def parse_answer(body: Any, text_max: int) -> Answer:
-    """A validated Answer from a JSON body, or TrialError (400) saying what is wrong."""
+    """A validated Answer from a JSON body, or TrialError (400) saying what is wrong.
+
+    Besides the answer, four optional fields (absent or null: not recorded) say what the
+    trial page saw while the panel was shown: ``hidden_ms`` (milliseconds the page was
+    hidden, 0 to 24 h, rounded), ``focus_losses`` (window blurs, 0 to
+    :data:`MAX_FOCUS_LOSSES`), ``pasted`` (text pasted into the answer box: a boolean,
+    false for a no, whose box is never shown) and ``answer_input`` (one of
+    :data:`ANSWER_INPUTS`)."""
     if not isinstance(body, dict):
         raise TrialError("the body must be a JSON object")
     index = _field(body, "trial_index", int)
@@ -143,11 +175,16 @@ def parse_answer(body: Any, text_max: int) -> Answer:
                              "everyday object, place or animal you saw")
     else:
         text = None
+    pasted = _field(body, "pasted", bool, required=False)
     return Answer(trial_index=index, panel_id=panel_id, answer_yes=yes, object_text=text,
                   rt_answer_ms=_ms(body, "rt_answer_ms", True),
                   rt_text_ms=_ms(body, "rt_text_ms", False) if yes else None,
                   shown_at=_client_time(body, "shown_at"),
-                  client_answered_at=_client_time(body, "client_answered_at"))
+                  client_answered_at=_client_time(body, "client_answered_at"),
+                  hidden_ms=_ms(body, "hidden_ms", False),
+                  focus_losses=_count(body, "focus_losses", MAX_FOCUS_LOSSES),
+                  pasted=(pasted and yes) if pasted is not None else None,
+                  answer_input=_choice(body, "answer_input", ANSWER_INPUTS))
 
 
 @bp.post("/responses")

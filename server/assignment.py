@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, bindparam, case, func, select
 from sqlalchemy.engine import Connection, Row
 
 from .store import (
@@ -267,28 +267,44 @@ class ListFill:
 def list_fill(conn: Connection, at: float, exclude: int | None = None) -> list[ListFill]:
     """Every list's target, completed and active (unexpired lease) counts, aggregated in SQL.
     ``exclude``: a participant id left out of the counts."""
+    if exclude is None:
+        rows = conn.execute(_LIST_FILL, {"at": at})
+    else:
+        rows = conn.execute(_LIST_FILL_EXCLUDING, {"at": at, "exclude": exclude})
+    return [ListFill(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+
+def _list_fill_query(exclude: bool):
     p = participants
     join_on = p.c.list_id == lists.c.id
-    if exclude is not None:
-        join_on = and_(join_on, p.c.id != exclude)
+    if exclude:
+        join_on = and_(join_on, p.c.id != bindparam("exclude"))
     completed = func.coalesce(func.sum(case((p.c.status == "completed", 1), else_=0)), 0)
     active = func.coalesce(func.sum(case(
-        (and_(p.c.status == "active", p.c.lease_expires_at > at), 1), else_=0)), 0)
-    query = (select(lists.c.id, lists.c.target, completed, active)
-             .select_from(lists.outerjoin(p, join_on))
-             .group_by(lists.c.id, lists.c.target).order_by(lists.c.id))
-    return [ListFill(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in conn.execute(query)]
+        (and_(p.c.status == "active", p.c.lease_expires_at > bindparam("at")), 1),
+        else_=0)), 0)
+    return (select(lists.c.id, lists.c.target, completed, active)
+            .select_from(lists.outerjoin(p, join_on))
+            .group_by(lists.c.id, lists.c.target).order_by(lists.c.id))
+
+
+# Built once (every entry runs one, holding the lists' lock).
+_LIST_FILL = _list_fill_query(exclude=False)
+_LIST_FILL_EXCLUDING = _list_fill_query(exclude=True)
 
 
 def trial_order(conn: Connection, list_id: int, seed: int) -> list[str]:
     """Practice panels in design order, then the list's panels shuffled by ``seed``."""
-    practice = conn.execute(select(panels.c.id).where(panels.c.practice.is_(True))
-                            .order_by(panels.c.position)).scalars().all()
-    main = conn.execute(select(list_panels.c.panel_id).where(list_panels.c.list_id == list_id)
-                        .order_by(list_panels.c.position)).scalars().all()
-    main = list(main)
+    practice = conn.execute(_PRACTICE_PANELS).scalars().all()
+    main = list(conn.execute(_LIST_PANELS, {"list_id": list_id}).scalars().all())
     random.Random(seed).shuffle(main)
     return list(practice) + main
+
+
+_PRACTICE_PANELS = select(panels.c.id).where(panels.c.practice.is_(True)).order_by(
+    panels.c.position)
+_LIST_PANELS = select(list_panels.c.panel_id).where(
+    list_panels.c.list_id == bindparam("list_id")).order_by(list_panels.c.position)
 
 
 def start(store: Store, prolific_pid: str, study_param: str, session_param: str,
@@ -366,24 +382,28 @@ def _new_participant(conn: Connection, link: tuple[str, str, str], user_agent: s
     chosen = rng.choice([f for f in fills if f.filled == lowest])
     seed = rng.randrange(2**31)
     order = trial_order(conn, chosen.list_id, seed)
-    result = conn.execute(participants.insert().values(
+    # the new row comes back with the insert (one round trip fewer under the lock)
+    row = conn.execute(participants.insert().values(
         token=secrets.token_urlsafe(32), prolific_pid=prolific_pid,
         study_param=study_param, session_param=session_param, list_id=chosen.list_id,
         status="active", trial_order=json.dumps(order), order_seed=seed,
         n_trials=len(order), n_answered=0, created_at=at,
-        lease_expires_at=at + hold_seconds, user_agent=user_agent[:500]))
-    row = conn.execute(select(participants).where(
-        participants.c.id == result.inserted_primary_key[0])).one()
+        lease_expires_at=at + hold_seconds, user_agent=user_agent[:500])
+        .returning(*participants.c)).one()
     if source:
         _log_entry(conn, "entered", source, *link, at)
     return row, True
 
 
+# Built once: nearly every participant request runs one of these (a statement built per
+# call costs more CPU than SQLite takes to answer it).
+_BY_TOKEN = select(participants).where(participants.c.token == bindparam("token"))
+_BY_TOKEN_FOR_UPDATE = _BY_TOKEN.with_for_update()
+
+
 def participant_by_token(conn: Connection, token: str, for_update: bool = False) -> Row | None:
-    query = select(participants).where(participants.c.token == token)
-    if for_update:
-        query = query.with_for_update()
-    return conn.execute(query).first()
+    query = _BY_TOKEN_FOR_UPDATE if for_update else _BY_TOKEN
+    return conn.execute(query, {"token": token}).first()
 
 
 def renew_lease(store: Store, conn: Connection, participant: Row, lease_seconds: float,
@@ -419,6 +439,11 @@ class Answer:
     rt_text_ms: int | None
     shown_at: float | None
     client_answered_at: float | None
+    # What the trial page recorded while the panel was shown (None: not sent).
+    hidden_ms: int | None = None         # the page hidden (another tab, minimised)
+    focus_losses: int | None = None      # the window's blur events
+    pasted: bool | None = None           # text pasted into the answer box
+    answer_input: str | None = None      # yes / no by: key | mouse | touch | pen
 
 
 def stored_response(conn: Connection, participant_id: int, trial_index: int) -> dict[str, Any]:
@@ -461,18 +486,19 @@ def record_response(store: Store, token: str, answer: Answer, lease_seconds: flo
         check_trial_order(index, answer.panel_id, p.n_answered, json.loads(p.trial_order))
         at = now() if at is None else at
         p = renew_lease(store, conn, p, lease_seconds, at)
-        n_practice = conn.execute(select(study.c.practice_trials)).scalar() or 0
-        dialect_insert = _insert(store)
-        statement = dialect_insert(responses).values(
+        n_practice = conn.execute(_PRACTICE_TRIALS).scalar() or 0
+        # The stored row comes back with the insert (nothing, for a concurrent duplicate).
+        row = conn.execute(_insert_response(store), dict(
             participant_id=p.id, trial_index=index, practice=index < n_practice,
             panel_id=answer.panel_id, answer_yes=answer.answer_yes,
             object_text=answer.object_text if answer.answer_yes else None,
             rt_answer_ms=answer.rt_answer_ms,
             rt_text_ms=answer.rt_text_ms if answer.answer_yes else None,
             shown_at=answer.shown_at, client_answered_at=answer.client_answered_at,
-            answered_at=at).on_conflict_do_nothing(
-                index_elements=["participant_id", "trial_index"]).returning(responses.c.id)
-        written = conn.execute(statement).first() is not None
+            hidden_ms=answer.hidden_ms, focus_losses=answer.focus_losses,
+            pasted=answer.pasted, answer_input=answer.answer_input,
+            answered_at=at)).first()
+        written = row is not None
         n_answered = p.n_answered + written
         if written:
             values: dict[str, Any] = {"n_answered": n_answered}
@@ -483,7 +509,23 @@ def record_response(store: Store, token: str, answer: Answer, lease_seconds: flo
             if n_answered == p.n_trials:
                 values.update(status="completed", completed_at=at)
             conn.execute(participants.update().where(participants.c.id == p.id).values(**values))
-        return Recorded(stored_response(conn, p.id, index), written, n_answered, p.n_trials)
+        stored = dict(row._mapping) if written else stored_response(conn, p.id, index)
+        return Recorded(stored, written, n_answered, p.n_trials)
+
+
+_PRACTICE_TRIALS = select(study.c.practice_trials)
+_INSERT_RESPONSE: dict[str, Any] = {}
+
+
+def _insert_response(store: Store):
+    """The answer's INSERT ... ON CONFLICT DO NOTHING RETURNING the row, built once per
+    dialect (values are bound at execution)."""
+    statement = _INSERT_RESPONSE.get(store.dialect)
+    if statement is None:
+        statement = _insert(store)(responses).on_conflict_do_nothing(
+            index_elements=["participant_id", "trial_index"]).returning(*responses.c)
+        _INSERT_RESPONSE[store.dialect] = statement
+    return statement
 
 
 def _insert(store: Store):

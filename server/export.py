@@ -13,7 +13,15 @@ Four files, the first two read directly by ``analysis/table2.py``:
     (``answer_yes``, ``object_text``), the browser's reaction times (``rt_answer_ms``:
     image onset to yes/no; ``rt_text_ms``: yes to the text's submission) and three times:
     ``shown_at`` and ``client_answered_at`` by the browser's clock, ``answered_at`` by the
-    server's.
+    server's; then what the trial page recorded while the panel was shown (empty where
+    it sent nothing: answers stored before these were recorded): ``hidden_ms`` (the
+    page hidden, ms), ``focus_losses`` (the window's blur events), ``pasted`` (text
+    pasted into the answer box; false for a no) and ``answer_input`` (yes / no chosen by
+    ``key``, ``mouse``, ``touch`` or ``pen``).
+    Last, the panel's catch columns (docs/study-design.md, "Catch trials"): ``catch``
+    (true for a catch trial, false otherwise), ``catch_expected`` (the answer it
+    expects, yes or no) and ``catch_class`` (the class a yes names; empty for a negative
+    catch); a catch panel is no unit: its ``layer`` and ``unit`` are empty.
 ``participants.csv`` / ``participants.json``
     One row per participant, ordered by ``participant_id``, with the columns of
     :data:`PARTICIPANT_COLUMNS`: counts (``n_trials``, ``n_answered``,
@@ -88,7 +96,8 @@ RESPONSE_COLUMNS: tuple[str, ...] = (
     "participant_id", "prolific_pid", "study_id", "session_id", "list_id",
     "participant_status", "trial_index", "practice", "panel_id", "layer", "unit",
     "answer_yes", "object_text", "rt_answer_ms", "rt_text_ms", "shown_at",
-    "client_answered_at", "answered_at")
+    "client_answered_at", "answered_at",
+    "hidden_ms", "focus_losses", "pasted", "answer_input")
 
 PARTICIPANT_COLUMNS: tuple[str, ...] = (
     "participant_id", "prolific_pid", "study_id", "session_id", "list_id", "status",
@@ -175,7 +184,8 @@ def _responses_query() -> Select:
     return (select(r.participant_id, p.prolific_pid, p.study_param, p.session_param, p.list_id,
                    p.status, r.trial_index, r.practice, r.panel_id, panels.c.layer,
                    panels.c.unit, r.answer_yes, r.object_text, r.rt_answer_ms, r.rt_text_ms,
-                   r.shown_at, r.client_answered_at, r.answered_at)
+                   r.shown_at, r.client_answered_at, r.answered_at,
+                   r.hidden_ms, r.focus_losses, r.pasted, r.answer_input)
             # LEFT joins keep the responses the driving table: SQLite then walks the
             # (participant_id, trial_index) index in order instead of sorting.
             .select_from(responses.outerjoin(participants, r.participant_id == p.id)
@@ -221,10 +231,31 @@ def _participants_native(row: Sequence[Any]) -> list[Any]:
 
 _TABLES = {
     "responses": _Table(RESPONSE_COLUMNS, _responses_query, _responses_native,
-                        bools=(7, 11), texts=(1, 2, 3, 5, 8, 9, 12)),
+                        bools=(7, 11, RESPONSE_COLUMNS.index("pasted")),
+                        texts=(1, 2, 3, 5, 8, 9, 12, RESPONSE_COLUMNS.index("answer_input"))),
     "participants": _Table(PARTICIPANT_COLUMNS, _participants_query, _participants_native,
                            bools=(), texts=(1, 2, 3, 5, 19)),
 }
+
+
+# --- catch trials: the panel's three catch columns, last in the responses ------------------
+
+#: The catch columns of the responses (docs/study-design.md, "Catch trials").
+CATCH_EXPORT_COLUMNS: tuple[str, ...] = ("catch", "catch_expected", "catch_class")
+RESPONSE_COLUMNS += CATCH_EXPORT_COLUMNS
+
+
+def _responses_with_catch() -> Select:
+    return _responses_query().add_columns(panels.c.catch, panels.c.catch_expected,
+                                          panels.c.catch_class)
+
+
+_TABLES["responses"] = _Table(
+    RESPONSE_COLUMNS, _responses_with_catch, _responses_native,
+    bools=(*_TABLES["responses"].bools, RESPONSE_COLUMNS.index("catch")),
+    texts=(*_TABLES["responses"].texts, RESPONSE_COLUMNS.index("catch_expected"),
+           RESPONSE_COLUMNS.index("catch_class")))
+__all__ += ["CATCH_EXPORT_COLUMNS"]
 
 
 # --- streaming ----------------------------------------------------------------------------------

@@ -28,6 +28,14 @@ that wait). Real participants spend 20-30 s on a panel, so C simulated participa
 a think time of T seconds send about as many answers per second as C * 25 / T real ones.
 ``--think-ms 0`` hammers the server.
 
+**What the page records**: every answer carries the trial page's interaction fields
+(docs/study-design.md, "What the trial page records"), drawn per participant from their
+own generator (seeded by the PROLIFIC_PID, so the seeded answers and think times are as
+they were without them): each participant answers with the keys or the mouse by habit
+(:func:`tracking_fields`), now and then switches to another tab (``hidden_ms``,
+``focus_losses``) or another window (``focus_losses``) during a trial, and rarely pastes
+the object's name.
+
 The report (a table, and ``--json OUT``): participants started / completed / abandoned /
 full / stopped / failed, requests per second, p50/p90/p99 latency per endpoint label
 (``entry``, ``study``, ``page`` (a stage's page), ``consent``, ``instructions``, ``device``,
@@ -73,12 +81,15 @@ import aiohttp
 from common.files import atomic_write_text
 
 __all__ = ["run_simulation", "simulate", "SimulationResult", "NotLoopback", "check_loopback",
-           "random_rater", "Rater", "WORDS", "DEFAULT_THINK_MS", "LABELS", "percentile",
-           "build_parser", "prepare_cli", "run_cli", "main"]
+           "random_rater", "tracking_fields", "Rater", "WORDS", "DEFAULT_THINK_MS", "LABELS",
+           "percentile", "build_parser", "prepare_cli", "run_cli", "main"]
 
 log = logging.getLogger("server.simulate")  # the same name under python -m
 
 DEFAULT_THINK_MS = 500.0
+# How long a browser keeps an idle connection open: below gunicorn's --keep-alive (2 s by
+# default), so an idle connection is never reused just as the server closes it.
+DEFAULT_KEEPALIVE_S = 1.5
 # A simulated participant's everyday objects, places and animals.
 WORDS = ("dog", "cat", "car", "apple", "beer", "bicycle", "bird", "boat", "bread", "chair",
          "clock", "cup", "fish", "flower", "guitar", "horse", "house", "lamp", "mountain",
@@ -124,6 +135,35 @@ def check_loopback(url: str) -> str:
                           f"{host!r}: simulated participants must not reach a real study")
     base = f"{parts.scheme}://{parts.netloc}{parts.path or '/'}"
     return base if base.endswith("/") else base + "/"
+
+
+class _Habits:
+    """How one simulated participant uses the page: keys or mouse, tab switches, pastes."""
+
+    def __init__(self, pid: str):
+        self.rng = random.Random(f"tracking {pid}")
+        self.keys = self.rng.random() < 0.7          # most people use Y / N once shown
+
+    def fields(self, yes: bool, trial_ms: float) -> dict[str, Any]:
+        return tracking_fields(self.rng, self.keys, yes, trial_ms)
+
+
+def tracking_fields(rng: random.Random, keys: bool, yes: bool,
+                    trial_ms: float) -> dict[str, Any]:
+    """The interaction fields a browser sends with an answer (server/api.py): the input
+    (90% of the time the participant's habit: ``key`` when ``keys``, else ``mouse``), a tab
+    switch in 4% of trials (hidden for part of the trial's ``trial_ms``, one focus loss),
+    another window in 3% (a focus loss, nothing hidden), a paste in 3% of the yes answers."""
+    draw = rng.random()
+    hidden, losses = 0, 0
+    if draw < 0.04:
+        hidden, losses = round(trial_ms * rng.uniform(0.1, 0.8)), 1
+    elif draw < 0.07:
+        losses = 1
+    usual, other = ("key", "mouse") if keys else ("mouse", "key")
+    return {"hidden_ms": hidden, "focus_losses": losses,
+            "pasted": yes and rng.random() < 0.03,
+            "answer_input": usual if rng.random() < 0.9 else other}
 
 
 def random_rater(panel: dict[str, Any], image: bytes | None,
@@ -299,8 +339,10 @@ class _Simulation:
     def __init__(self, base: str, result: SimulationResult, *, think_ms: float,
                  reload_rate: float, abandon_rate: float, deadline: float | None,
                  rater: Rater | None, fetch_images: bool, timeout_s: float,
-                 retry_seconds: float, study_id: str):
+                 retry_seconds: float, study_id: str,
+                 keepalive_s: float = DEFAULT_KEEPALIVE_S):
         self.base = base
+        self.keepalive_s = keepalive_s
         self.result = result
         self.think_ms = think_ms
         self.reload_rate = reload_rate
@@ -335,6 +377,7 @@ class _Participant:
         # with another SESSION_ID). The draw keeps the seeded plans as they were.
         rng.getrandbits(96)
         self.session_id = session_id_for(pid)
+        self.habits = _Habits(pid)
         self.http: aiohttp.ClientSession | None = None
         self.images: dict[str, bytes] = {}     # this browser's cache
         # Where (as a fraction of the trials) this participant reloads or gives up.
@@ -347,9 +390,8 @@ class _Participant:
 
     async def new_browser(self) -> None:
         await self.close()
-        # keepalive below gunicorn's 2 s, so an idle connection is never reused just as
-        # the server closes it
-        connector = aiohttp.TCPConnector(limit=2, keepalive_timeout=1.5)
+        # keepalive below the server's (DEFAULT_KEEPALIVE_S)
+        connector = aiohttp.TCPConnector(limit=2, keepalive_timeout=self.sim.keepalive_s)
         self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
                                           connector=connector, timeout=self.sim.timeout,
                                           headers={"User-Agent": "server.simulate/1"})
@@ -579,7 +621,8 @@ class _Participant:
                 "answer_yes": bool(yes), "object_text": text if yes else None,
                 "rt_answer_ms": round(rt_answer),
                 "rt_text_ms": round(rt_text) if rt_text is not None else None,
-                "shown_at": shown_at, "client_answered_at": time.time() * 1000}
+                "shown_at": shown_at, "client_answered_at": time.time() * 1000,
+                **self.habits.fields(bool(yes), rt_answer + (rt_text or 0))}
         self.sim.result.unconfirmed.add(key)
         reply = await self.request("POST", self.url("api/responses"), "response", json=body,
                                    headers={"X-CSRF-Token": csrf})
@@ -640,7 +683,8 @@ async def simulate(url: str, participants: int, concurrency: int, *, seed: int =
                    rater: Rater | None = None, fetch_images: bool = False,
                    pids: Sequence[str] | None = None, timeout_s: float = 30.0,
                    retry_seconds: float = 60.0, study_id: str | None = None,
-                   ramp_seconds: float = 0.0, progress: bool = False) -> SimulationResult:
+                   ramp_seconds: float = 0.0, progress: bool = False,
+                   keepalive_s: float = DEFAULT_KEEPALIVE_S) -> SimulationResult:
     """The coroutine behind :func:`run_simulation` (same arguments)."""
     base = check_loopback(url)
     if participants < 0 or concurrency < 1:
@@ -661,7 +705,7 @@ async def simulate(url: str, participants: int, concurrency: int, *, seed: int =
                       abandon_rate=abandon_rate,
                       deadline=None if max_seconds is None else began + max_seconds,
                       rater=rater, fetch_images=fetch_images, timeout_s=timeout_s,
-                      retry_seconds=retry_seconds,
+                      retry_seconds=retry_seconds, keepalive_s=keepalive_s,
                       study_id=study_id or f"{master.getrandbits(96):024x}")
     slots = asyncio.Semaphore(concurrency)
     bar = _progress_bar(participants) if progress else None
@@ -708,7 +752,8 @@ def run_simulation(url: str, participants: int, concurrency: int, *, seed: int =
                    rater: Rater | None = None, fetch_images: bool = False,
                    pids: Sequence[str] | None = None, timeout_s: float = 30.0,
                    retry_seconds: float = 60.0, study_id: str | None = None,
-                   ramp_seconds: float = 0.0, progress: bool = False) -> SimulationResult:
+                   ramp_seconds: float = 0.0, progress: bool = False,
+                   keepalive_s: float = DEFAULT_KEEPALIVE_S) -> SimulationResult:
     """Drive ``participants`` simulated participants (at most ``concurrency`` at a time)
     through the study at ``url`` (a loopback server; NotLoopback otherwise).
 
@@ -729,6 +774,8 @@ def run_simulation(url: str, participants: int, concurrency: int, *, seed: int =
     - ``study_id``: the STUDY_ID of the entry links (default random).
     - ``ramp_seconds``: participants arrive at uniform times in [0, ramp_seconds] after
       the start (then think before entering), as they do after a study is published.
+    - ``keepalive_s``: how long each browser keeps an idle connection; keep it below the
+      server's keep-alive (gunicorn's ``--keep-alive``, 2 s by default).
 
     Runs its own event loop (call from a thread when one is running already)."""
     return asyncio.run(simulate(
@@ -736,7 +783,7 @@ def run_simulation(url: str, participants: int, concurrency: int, *, seed: int =
         reload_rate=reload_rate, abandon_rate=abandon_rate, max_seconds=max_seconds,
         rater=rater, fetch_images=fetch_images, pids=pids, timeout_s=timeout_s,
         retry_seconds=retry_seconds, study_id=study_id, ramp_seconds=ramp_seconds,
-        progress=progress))
+        progress=progress, keepalive_s=keepalive_s))
 
 
 def _progress_bar(total: int):

@@ -38,9 +38,12 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.schema import CreateColumn
 
 __all__ = ["Store", "get_store", "init_app", "metadata", "meta", "study", "panels", "lists",
            "list_panels", "participants", "responses", "admins", "login_attempts",
@@ -200,7 +203,8 @@ entry_log = Table(
     Index("ix_entry_log_source_at", "source", "at"),
 )
 
-SCHEMA_VERSION = 4   # 4: admin_sessions (below)
+SCHEMA_VERSION = 6   # 4: admin_sessions, 5: the responses' tracking columns, 6: the panels'
+                     # catch columns (below)
 
 _VERSION_1 = ("meta", "study", "panels", "lists", "list_panels", "participants", "responses")
 _VERSION_2 = ("admins", "login_attempts", "webhook_events", "admin_actions")
@@ -248,6 +252,66 @@ def _migrate_to_4(conn: Connection) -> None:
 
 
 MIGRATIONS[4] = _migrate_to_4
+
+
+# -- what the trial page records while a panel is shown (schema version 5) -------------------
+
+# Four nullable columns of ``responses``, sent by the trial page with each answer
+# (server/api.py, parse_answer; docs/study-design.md, "What the trial page records").
+# NULL: not recorded (an answer stored before version 5, or sent by an older page).
+TRACKING_COLUMNS = ("hidden_ms", "focus_losses", "pasted", "answer_input")
+for _column in (
+    Column("hidden_ms", Integer),        # client: ms the page was hidden while shown
+    Column("focus_losses", Integer),     # client: the window's blur events while shown
+    Column("pasted", Boolean),           # client: text pasted into the answer box
+    Column("answer_input", String(8)),   # client: yes / no by key | mouse | touch | pen
+):
+    responses.append_column(_column)
+del _column
+
+__all__ += ["TRACKING_COLUMNS"]
+
+
+def _add_columns(conn: Connection, table: Table, names: tuple[str, ...]) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for each of ``names`` that ``table`` lacks in the
+    store (a table created at this version has them all already: the step is a no-op)."""
+    present = {column["name"] for column in inspect(conn).get_columns(table.name)}
+    quoted = conn.dialect.identifier_preparer.format_table(table)
+    for name in names:
+        if name not in present:
+            column = CreateColumn(table.c[name]).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {quoted} ADD COLUMN {column}")
+
+
+def _migrate_to_5(conn: Connection) -> None:
+    _add_columns(conn, responses, TRACKING_COLUMNS)
+
+
+MIGRATIONS[5] = _migrate_to_5
+
+
+# -- catch trials (schema version 6) ----------------------------------------------------------
+
+# Three columns of ``panels`` (docs/study-design.md, "Catch trials"): a catch panel is no
+# unit (layer and unit NULL, practice false) but a panel whose answer is known. A panel
+# stored before version 6 is no catch panel (``catch`` false).
+CATCH_COLUMNS = ("catch", "catch_expected", "catch_class")
+for _column in (
+    Column("catch", Boolean, nullable=False, default=False, server_default=false()),
+    Column("catch_expected", String(8)),   # catch panels: yes | no
+    Column("catch_class", Text),           # positive catch panels: the class a yes names
+):
+    panels.append_column(_column)
+del _column
+
+__all__ += ["CATCH_COLUMNS"]
+
+
+def _migrate_to_6(conn: Connection) -> None:
+    _add_columns(conn, panels, CATCH_COLUMNS)
+
+
+MIGRATIONS[6] = _migrate_to_6
 
 
 def now() -> float:

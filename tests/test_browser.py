@@ -294,3 +294,124 @@ def test_screenshots_of_the_participant_page_and_the_dashboard(tmp_path, page):
         if os.environ.get("UPDATE_SCREENSHOTS"):
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             (SCREENSHOTS / name).write_bytes(data)
+
+
+# --- what the trial page records (docs/study-design.md, "What the trial page records") ------
+
+# Headless chromium never hides a page: another page brought to the front, a minimised
+# window, all leave document.visibilityState "visible" and fire no visibilitychange. The
+# test plays that part of the browser: the document says it is hidden (document.hidden,
+# visibilityState) and visibilitychange fires, as in a browser whose user switches tabs.
+# The focus is real: with Playwright's focus emulation off, another page brought to the
+# front takes the focus from the trial page's window (a trusted blur), and gives it back.
+HIDE = """hidden => {
+  if (hidden) {
+    Object.defineProperty(document, "hidden", {configurable: true, get: () => true});
+    Object.defineProperty(document, "visibilityState", {configurable: true,
+                                                        get: () => "hidden"});
+  } else {
+    delete document.hidden;                    // the prototype's getters again
+    delete document.visibilityState;
+  }
+  document.dispatchEvent(new Event("visibilitychange"));
+  return document.visibilityState;
+}"""
+
+
+def other_window(page, other, away_ms: int = 100) -> None:
+    """``other`` in front for ``away_ms``: the trial page's window loses the focus."""
+    other.bring_to_front()
+    page.wait_for_timeout(away_ms)
+    page.bring_to_front()
+    page.wait_for_timeout(50)                     # the focus event comes back
+    assert page.evaluate("document.hasFocus()")
+
+
+def switch_tab(page, other, away_ms: int) -> None:
+    """Another tab in front for ``away_ms``: the page hidden, the window unfocused."""
+    assert page.evaluate(HIDE, True) == "hidden"
+    other_window(page, other, away_ms)
+    assert page.evaluate(HIDE, False) == "visible"
+
+
+def test_a_paste_and_a_tab_switch_reach_the_export(live_server, page, tmp_path):
+    """Tracking (issue 17): a participant who switches tabs, pastes the object's name and
+    answers with the mouse, the keys and the focused button; the export says so."""
+    from server.export import write_exports
+
+    app, base = live_server
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+    other = page.context.new_page()                   # the other tab
+    other.set_content("<p>Something else</p>")
+    pid = new_pid()
+    page.goto(f"{base}/?PROLIFIC_PID={pid}&STUDY_ID={'c' * 24}&SESSION_ID={'d' * 24}")
+    consent = page.locator("main").inner_text()
+    assert "whether text is pasted into the answer box" in consent
+    page.get_by_role("button", name="I agree to take part").click()
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_role("button", name="Check my screen and continue").click()
+    page.wait_for_url("**/trials")
+    # Playwright's focus emulation keeps every page focused: off for this document (a
+    # navigation turns it on again), once the page really has the focus (else turning it
+    # off would blur the window).
+    page.bring_to_front()
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Emulation.setFocusEmulationEnabled", {"enabled": False})
+    assert page.evaluate("document.hasFocus()")
+
+    # 1. Away to another tab for 400 ms, back, yes with the mouse, the name pasted.
+    page.locator("#yes").wait_for(state="visible")
+    switch_tab(page, other, 400)
+    page.locator("#yes").click()
+    page.locator("#object-text").wait_for(state="visible")
+    page.evaluate("text => navigator.clipboard.writeText(text)", "zebra")
+    page.keyboard.press("Control+V")                      # a real paste, from the clipboard
+    expect(page.locator("#object-text")).to_have_value("zebra")
+    page.keyboard.press("Enter")
+    # 2. Another window takes the focus for a moment; no with the N key.
+    expect(page.locator("#progress")).to_have_text("Practice panel 2 of 6")
+    page.locator("#yes").wait_for(state="visible")
+    other_window(page, other)
+    page.keyboard.press("n")
+    # 3. Yes with Enter on the focused button, the name typed; nothing else happens.
+    expect(page.locator("#progress")).to_have_text("Practice panel 3 of 6")
+    page.locator("#yes").wait_for(state="visible")
+    expect(page.locator("#yes")).to_be_focused()
+    page.keyboard.press("Enter")
+    page.locator("#object-text").wait_for(state="visible")
+    page.keyboard.type("dog")
+    page.keyboard.press("Enter")
+    # 4. No with the mouse; a tab switch after the answer (while the next panel loads)
+    # belongs to no trial.
+    expect(page.locator("#progress")).to_have_text("Practice panel 4 of 6")
+    page.locator("#no").wait_for(state="visible")
+    page.locator("#no").click()
+    switch_tab(page, other, 50)
+    expect(page.locator("#progress")).to_have_text("Practice panel 5 of 6")
+    page.locator("#yes").wait_for(state="visible")
+    with app.extensions["store"].read() as conn:
+        assert len(conn.execute(select(responses)).all()) == 4
+
+    out = tmp_path / "export"
+    write_exports(app.extensions["store"], out)
+    import csv
+
+    with open(out / "responses.csv", newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["prolific_pid"] == pid]
+    fields = ("hidden_ms", "focus_losses", "pasted", "answer_input")
+    assert [r["trial_index"] for r in rows] == ["0", "1", "2", "3"]
+    first = rows[0]
+    assert (first["answer_yes"], first["object_text"]) == ("true", "zebra")
+    assert first["pasted"] == "true" and first["answer_input"] == "mouse"
+    assert first["focus_losses"] == "1"                # the window lost the focus once
+    # hidden for the 400 ms between the two events, within the trial's own time
+    assert 400 <= int(first["hidden_ms"]) <= int(first["rt_answer_ms"]) + 1, first
+    assert [{k: r[k] for k in fields} for r in rows[1:]] == [
+        {"hidden_ms": "0", "focus_losses": "1", "pasted": "false", "answer_input": "key"},
+        {"hidden_ms": "0", "focus_losses": "0", "pasted": "false", "answer_input": "key"},
+        {"hidden_ms": "0", "focus_losses": "0", "pasted": "false", "answer_input": "mouse"}]
+    assert rows[2]["object_text"] == "dog"
+    objects = [o for o in json.loads((out / "responses.json").read_text(encoding="utf-8"))
+               if o["prolific_pid"] == pid]
+    assert objects[0]["pasted"] is True and objects[0]["hidden_ms"] >= 400
+    assert [o["answer_input"] for o in objects] == ["mouse", "key", "key", "mouse"]

@@ -129,6 +129,10 @@ def test_exported_responses_and_participants_after_the_flow(app, tmp_path):
         assert r["rt_text_ms"] == ("1500" if yes else "")            # null -> empty cell
     assert [r["answer_yes"] for r in rows[12:]] == ["true"] + ["false"] * 6
     assert [r["object_text"] for r in rows[12:]] == ["'=1+1"] + [""] * 6   # escaped in CSV
+    # what the trial page records (tests/test_tracking.py): these answers sent none of it
+    tracking = ("hidden_ms", "focus_losses", "pasted", "answer_input")
+    assert set(tracking) <= set(columns)
+    assert {r[name] for r in rows for name in tracking} == {""}
 
     columns, people_rows = read_csv(out / "participants.csv")
     assert tuple(columns) == PARTICIPANT_COLUMNS

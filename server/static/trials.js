@@ -2,6 +2,13 @@
 // stands (GET /api/state), shows one panel at a time, and stores each answer
 // (POST /api/responses) before moving on. An answer that cannot be sent is kept (also in
 // localStorage, so a reload does not lose it) and retried with backoff until it is stored.
+//
+// While a panel is on screen (from image onset to the answer's submission) the page also
+// records, and sends with the answer: how long the page was hidden (another tab or a
+// minimised window: document.visibilitychange), how often the window lost the focus
+// (window blur), whether text was pasted into the answer box, and whether yes / no was
+// chosen with the keyboard (Y / N, or Enter / Space on a button) or by pointing (mouse,
+// touch or pen). Nothing else: no key strokes, no pasted text, no mouse movements.
 (function () {
   "use strict";
   var app = document.getElementById("app");
@@ -17,9 +24,55 @@
   var shownAt = null;   // Date.now() at image onset
   var yesAt = null;     // performance.now() when "yes" was chosen
   var phase = "idle";   // idle | ask | text | sending | intermission
+  var track = null;     // this trial's interaction record (startTracking)
+  var pointer = "";     // the pointerType of the last pointerdown
   var preloaded = {};
 
   function show(el, on) { el.hidden = !on; }
+
+  // --- what the page records while a panel is shown (docs/study-design.md) ----------------
+  // The server's bounds (server/api.py): a legitimate answer never exceeds them.
+  var MAX_HIDDEN_MS = 24 * 3600 * 1000, MAX_FOCUS_LOSSES = 100000;
+
+  function tracking() { return track !== null && (phase === "ask" || phase === "text"); }
+
+  function startTracking() {
+    track = { hiddenMs: 0, hiddenSince: document.hidden ? performance.now() : null,
+              focusLosses: 0, pasted: false, input: null };
+  }
+
+  function tracked() {
+    var hidden = track.hiddenMs;
+    if (track.hiddenSince !== null) hidden += performance.now() - track.hiddenSince;
+    return { hidden_ms: Math.min(MAX_HIDDEN_MS, Math.round(hidden)),
+             focus_losses: Math.min(MAX_FOCUS_LOSSES, track.focusLosses),
+             pasted: track.pasted, answer_input: track.input };
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    if (!tracking()) return;
+    if (document.hidden) {
+      if (track.hiddenSince === null) track.hiddenSince = performance.now();
+    } else if (track.hiddenSince !== null) {
+      track.hiddenMs += performance.now() - track.hiddenSince;
+      track.hiddenSince = null;
+    }
+  });
+  window.addEventListener("blur", function (event) {
+    // the window's own blur (another window or tab took the focus), not an element's
+    if (event.target === window && tracking()) track.focusLosses += 1;
+  });
+  document.addEventListener("pointerdown", function (event) { pointer = event.pointerType || ""; },
+                            true);
+
+  // How a yes / no button was pressed: a click with no pointer behind it (detail 0: Enter or
+  // Space on the focused button) is the keyboard; otherwise the pointer's type (the click's
+  // own, else the last pointerdown's, for browsers whose click is a plain MouseEvent).
+  function clickInput(event) {
+    if (event.detail === 0) return "key";
+    var type = event.pointerType || pointer;
+    return type === "touch" || type === "pen" ? type : "mouse";
+  }
 
   function preload(i) {
     if (!state || i >= state.n_trials || preloaded[i]) return;
@@ -56,6 +109,7 @@
       shownAt = Date.now();
       yesAt = null;
       input.value = "";
+      startTracking();
       show(ask, true);
       phase = "ask";
       $("yes").focus();
@@ -70,9 +124,10 @@
     img.src = state.trials[i].image;
   }
 
-  function answer(yes) {
+  function answer(yes, how) {
     if (phase !== "ask") return;
     var rt = Math.round(performance.now() - onset);
+    track.input = how;
     if (!yes) { submit({ answer_yes: false, object_text: null, rt_answer_ms: rt, rt_text_ms: null }); return; }
     yesAt = performance.now();
     ask.dataset.rt = rt;
@@ -95,7 +150,8 @@
     phase = "sending";
     show(ask, false); show(textForm, false);
     var body = Object.assign({ trial_index: index, panel_id: state.trials[index].panel_id,
-                               shown_at: shownAt, client_answered_at: Date.now() }, fields);
+                               shown_at: shownAt, client_answered_at: Date.now() },
+                             tracked(), fields);
     try { localStorage.setItem(PENDING, JSON.stringify(body)); } catch (e) { /* private mode */ }
     send(body, 0);
   }
@@ -137,14 +193,15 @@
     var key = event.key.toLowerCase();
     if (phase === "ask" && (key === "y" || key === "n")) {
       event.preventDefault();
-      answer(key === "y");
+      answer(key === "y", "key");
     } else if (phase === "intermission" && (key === "enter" || key === " ")) {
       event.preventDefault();
       begin();
     }
   });
-  $("yes").addEventListener("click", function () { answer(true); });
-  $("no").addEventListener("click", function () { answer(false); });
+  $("yes").addEventListener("click", function (event) { answer(true, clickInput(event)); });
+  $("no").addEventListener("click", function (event) { answer(false, clickInput(event)); });
+  input.addEventListener("paste", function () { if (tracking()) track.pasted = true; });
   textForm.addEventListener("submit", submitText);
   function begin() { show(intermission, false); phase = "intermission-done"; present(index); }
   $("begin").addEventListener("click", begin);
