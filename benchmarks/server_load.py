@@ -115,6 +115,24 @@ def postgres_reason() -> str | None:
         return f"{type(exc).__name__}: {exc}".strip()
 
 
+
+def wait_until_answering(server, what: str, seconds: float, poll: float,
+                         log_tail) -> None:
+    """Wait until ``server.url`` serves its static CSS; stop the server and raise with
+    ``log_tail()`` when its process exits or ``seconds`` pass first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{what} exited ({server.proc.returncode}):{log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/static/study.css", timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"{what} did not answer within {seconds:g} s") from None
+            time.sleep(poll)
+
 class PgSchema:
     """A fresh schema in the benchmark PostgreSQL, dropped afterwards."""
 
@@ -162,19 +180,8 @@ class Gunicorn:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
                                          stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited ({self.proc.returncode}):\n"
-                                   + self.log.read_text()[-3000:])
-            try:
-                with urllib.request.urlopen(f"{self.url}/static/study.css", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("gunicorn did not answer within 60 s") from None
-                time.sleep(0.2)
+        wait_until_answering(self, "gunicorn", 60, 0.2,
+                             lambda: "\n" + self.log.read_text()[-3000:])
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -268,19 +275,8 @@ class Nginx:
             images=images))
         self.proc = subprocess.Popen([exe, "-c", str(conf), "-p", str(root)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited ({self.proc.returncode}): "
-                                   + (root / "nginx_error.log").read_text()[-2000:])
-            try:
-                with urllib.request.urlopen(f"{self.url}/static/study.css", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("nginx did not answer within 20 s") from None
-                time.sleep(0.1)
+        wait_until_answering(self, "nginx", 20, 0.1,
+                             lambda: " " + (root / "nginx_error.log").read_text()[-2000:])
 
     def stop(self) -> None:
         if self.proc.poll() is None:
