@@ -53,11 +53,6 @@ WHITESPACE = re.compile(r"\s+")
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def _no_store(response):
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
 def _visit_for_api() -> Visit:
     try:
         visit = current_visit()
@@ -80,11 +75,11 @@ def state():
     trials = [{"index": i, "panel_id": pid, "practice": i < visit.n_practice,
                "image": url_for("participant.image", name=images[pid])}
               for i, pid in enumerate(visit.order)]
-    return _no_store(jsonify(
+    return jsonify(
         preview=visit.preview, n_trials=visit.n_trials, n_practice=visit.n_practice,
         next_index=visit.n_answered, trials=trials,
         text_max=current_app.config["OBJECT_TEXT_MAX"],
-        done_url=url_for("participant.study")))
+        done_url=url_for("participant.study"))
 
 
 def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool = True):
@@ -212,11 +207,11 @@ def respond():
         abort(exc.status, description=str(exc))
     stored, written = recorded.response, recorded.written
     done = recorded.n_answered >= recorded.n_trials
-    return _no_store(jsonify(
+    return jsonify(
         trial_index=stored["trial_index"], stored=True, duplicate=not written,
         answer_yes=stored["answer_yes"], object_text=stored["object_text"],
         next_index=recorded.n_answered, n_trials=recorded.n_trials, done=done,
-        next=url_for("participant.study") if done else None)), 201 if written else 200
+        next=url_for("participant.study") if done else None), 201 if written else 200
 
 
 @bp.get("/health")
@@ -227,8 +222,8 @@ def health():
             conn.execute(select(1)).scalar()
     except Exception as exc:  # any store failure is "unhealthy", reported, never a 500
         current_app.logger.warning("health check: the store does not answer: %s", exc)
-        return _no_store(jsonify(status="unavailable", error=type(exc).__name__)), 503
-    return _no_store(jsonify(status="ok"))
+        return jsonify(status="unavailable", error=type(exc).__name__), 503
+    return jsonify(status="ok")
 
 
 @bp.post("/prolific/webhook")
@@ -246,7 +241,7 @@ def prolific_webhook():
         result = prolific.apply_event(get_store(), body)
     except prolific.WebhookError as exc:
         abort(exc.status, description=str(exc))
-    return _no_store(jsonify(result))
+    return jsonify(result)
 
 
 def _preview_answer(visit: Visit, answer: Answer):
@@ -257,8 +252,8 @@ def _preview_answer(visit: Visit, answer: Answer):
     check_trial_order(index, answer.panel_id, visit.n_answered, visit.order)
     after = preview_answered(visit, index)
     done = after.n_answered >= after.n_trials
-    return _no_store(jsonify(
+    return jsonify(
         trial_index=index, stored=False, duplicate=index < visit.n_answered,
         answer_yes=answer.answer_yes, object_text=answer.object_text,
         next_index=after.n_answered, n_trials=after.n_trials, done=done, preview=True,
-        next=url_for("participant.study") if done else None))
+        next=url_for("participant.study") if done else None)

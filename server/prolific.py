@@ -35,7 +35,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from . import validate
 from .store import Store, now, participants, webhook_events
 from .store import study as study_table
 
@@ -136,11 +136,10 @@ def _field(payload: dict[str, Any], name: str, pattern: re.Pattern,
 def parse_event(body: bytes) -> Event | dict[str, Any]:
     """The delivery's event, or (another event type) the outcome ``ignored``; WebhookError
     (400) for anything malformed. Touches no store."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError) as exc:   # UnicodeDecodeError, JSONDecodeError,
-        raise WebhookError(                        # over-long integers; too deep
-            f"the body is not JSON ({exc.__class__.__name__})") from None
+    try:   # nesting and numbers bounded before parsing, no NUL or lone surrogate
+        payload = validate.loads(body)
+    except validate.Invalid as exc:
+        raise WebhookError(f"the body is not JSON that can be taken ({exc})") from None
     if not isinstance(payload, dict):
         raise WebhookError("the body must be a JSON object")
     event_type = _field(payload, "event_type", _EVENT_TYPE)
