@@ -195,6 +195,18 @@ def _absolute_paths(frame: pd.DataFrame, manifest: Path) -> pd.Series:
     return frame["path"].map(lambda p: os.path.normpath(os.path.join(base, p)))
 
 
+def _refuse_problems(path, kind: str, item: str, problems: list[str],
+                     ids: Iterable[str]) -> None:
+    """DesignError listing a manifest's bad cells, else its duplicate panel ids."""
+    if problems:
+        raise DesignError(f"{path}: {len(problems)} bad cell(s) in the {kind} manifest; "
+                          f"fix them:\n{listing(problems)}")
+    dups = _duplicates(list(ids))
+    if dups:
+        raise DesignError(f"{path}: duplicate panel_id value(s) in the {kind} manifest; "
+                          f"every {item} needs its own id:\n{listing(dups)}")
+
+
 def read_panels(path: str | os.PathLike, min_images: int = 1) -> pd.DataFrame:
     """The panels manifest: ``panel_id, layer, unit (int), path (absolute str)``.
 
@@ -210,13 +222,7 @@ def read_panels(path: str | os.PathLike, min_images: int = 1) -> pd.DataFrame:
     for i, unit in enumerate(frame["unit"]):
         if unit and not unit.isdigit():
             problems.append(f"line {i + 2}: unit {unit!r} is not a non-negative integer")
-    if problems:
-        raise DesignError(f"{path}: {len(problems)} bad cell(s) in the panels manifest; "
-                          f"fix them:\n{listing(problems)}")
-    dups = _duplicates(list(frame["panel_id"]))
-    if dups:
-        raise DesignError(f"{path}: duplicate panel_id value(s) in the panels manifest; every "
-                          f"panel needs its own id:\n{listing(dups)}")
+    _refuse_problems(path, "panels", "panel", problems, frame["panel_id"])
     out = pd.DataFrame({
         "panel_id": frame["panel_id"],
         "layer": frame["layer"],
@@ -257,13 +263,7 @@ def read_practice(path: str | os.PathLike) -> pd.DataFrame:
         problems += [f"line {i + 2}: expected {value!r} is not yes, no or empty"
                      for i, value in enumerate(frame["expected"])
                      if value and value not in PRACTICE_EXPECTED]
-    if problems:
-        raise DesignError(f"{path}: {len(problems)} bad cell(s) in the practice manifest; "
-                          f"fix them:\n{listing(problems)}")
-    dups = _duplicates(list(frame["panel_id"]))
-    if dups:
-        raise DesignError(f"{path}: duplicate panel_id value(s) in the practice manifest; "
-                          f"every practice panel needs its own id:\n{listing(dups)}")
+    _refuse_problems(path, "practice", "practice panel", problems, frame["panel_id"])
     labels = frame["label"] if "label" in frame.columns else pd.Series([""] * len(frame))
     out = pd.DataFrame({
         "panel_id": frame["panel_id"],
@@ -292,13 +292,7 @@ def read_catch(path: str | os.PathLike) -> pd.DataFrame:
         elif value == "no" and label:
             problems.append(f"line {i + 2}: a negative catch panel (expected no) has label "
                             f"{label!r}; leave it empty")
-    if problems:
-        raise DesignError(f"{path}: {len(problems)} bad cell(s) in the catch manifest; "
-                          f"fix them:\n{listing(problems)}")
-    dups = _duplicates(list(frame["panel_id"]))
-    if dups:
-        raise DesignError(f"{path}: duplicate panel_id value(s) in the catch manifest; "
-                          f"every catch panel needs its own id:\n{listing(dups)}")
+    _refuse_problems(path, "catch", "catch panel", problems, frame["panel_id"])
     out = pd.DataFrame({
         "panel_id": frame["panel_id"],
         "path": _absolute_paths(frame, Path(path)),
