@@ -32,7 +32,12 @@ Command line (from the repository root)::
 
     python analysis/table2.py --responses responses.csv --selectivity RESULTS.csv \\
         [--codes codes.csv] [--classes imagenet|digits|FILE] [--threshold 0.8] \\
-        [--strict-threshold] [--agreement share|unit] --out DIR
+        [--strict-threshold] [--agreement share|unit] [--participants participants.csv]
+        [--keep-excluded] --out DIR
+
+Participants the study excluded (``participants.csv``'s ``excluded``: its pre-registered
+rules or an experimenter, docs/exclusion.md) are left out unless ``--keep-excluded``; how
+many each rule removed goes into ``table2.md`` and ``exclusions.csv``.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ import pandas as pd
 __all__ = [
     "RESPONSE_COLUMNS", "TABLE2_COLUMNS", "UNIT_COLUMNS", "AGREEMENT_MODES",
     "INTERPRETABILITY_MEASURES", "Table2Error", "proportion", "mean_share", "read_responses",
-    "read_participants", "select_judgments", "unit_ratings", "unit_objects", "layer_order",
+    "read_participants", "select_judgments", "drop_excluded", "format_exclusions",
+    "unit_ratings", "unit_objects", "layer_order",
     "in_layer_order", "table2", "format_markdown", "fleiss_kappa", "kappa_by_layer",
     "mixed_model", "interpretability", "plot_interpretability", "main",
 ]
@@ -277,6 +283,49 @@ def select_judgments(responses: pd.DataFrame, participants: pd.DataFrame | None 
         log.info("left out %d incomplete participant(s) (%d judgments); "
                  "--include-incomplete keeps them", dropped, int((~complete).sum()))
     return main[complete]
+
+
+def drop_excluded(judgments: pd.DataFrame, participants: pd.DataFrame | None,
+                  keep: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Leave out the judgments of participants the study excluded (``participants.csv``'s
+    ``excluded`` true: its pre-registered rules, or an experimenter by hand; docs/
+    exclusion.md). Returns the judgments kept and one row per reason (a rule's name, or
+    ``manual``) with the excluded participants it names and their judgments, a
+    participant failing several rules counted under each. ``keep``: drop nobody (the
+    reasons are still counted). Without ``participants`` or its ``excluded`` column
+    (an export from before exclusions), nothing is dropped."""
+    columns = ["reason", "participants", "judgments"]
+    if participants is None or "excluded" not in participants.columns or judgments.empty:
+        return judgments, pd.DataFrame(columns=columns)
+    flag = participants["excluded"].astype(str).str.strip().str.lower().isin(TRUE)
+    excluded = participants[flag]
+    ids = set(excluded["participant_id"])
+    mask = judgments["participant_id"].astype(str).isin(ids)
+    per = judgments[mask].groupby(judgments.loc[mask, "participant_id"].astype(str)).size()
+    reasons: dict[str, list[str]] = {}
+    reason_column = excluded.get("exclusion_reasons",
+                                 pd.Series("", index=excluded.index)).fillna("")
+    for pid, text in zip(excluded["participant_id"], reason_column, strict=True):
+        for name in [r for r in str(text).split(";") if r] or ["unstated"]:
+            reasons.setdefault(name, []).append(pid)
+    report = pd.DataFrame([(name, len(pids), int(per.reindex(pids).fillna(0).sum()))
+                           for name, pids in sorted(reasons.items())], columns=columns)
+    if ids:
+        log.info("%s %d excluded participant(s) (%d judgments): %s", "kept" if keep else
+                 "left out", len(ids), int(mask.sum()),
+                 ", ".join(f"{r.reason} {r.participants}" for r in report.itertuples())
+                 + ("" if keep else "; --keep-excluded keeps them"))
+    return (judgments if keep else judgments[~mask]), report
+
+
+def format_exclusions(report: pd.DataFrame, kept: bool) -> str:
+    """A sentence for table2.md: who was left out and why (empty when nobody was)."""
+    if report.empty:
+        return ""
+    reasons = ", ".join(f"{r.reason} {r.participants}" for r in report.itertuples())
+    verb = "Kept (--keep-excluded)" if kept else "Left out"
+    return (f"\n{verb}: the participants the study excluded, by reason (participants): "
+            f"{reasons}; a participant who failed several rules is counted under each.\n")
 
 
 # -- per unit ------------------------------------------------------------------------------
@@ -716,7 +765,14 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="folder for table2.md, table2.csv, ...")
     parser.add_argument("--codes", help="edited codes.csv (python -m analysis.coding review): "
                                         "its codes take precedence over the automatic ones")
-    parser.add_argument("--participants", help="participants.csv: completeness from its status")
+    parser.add_argument("--participants",
+                        help="participants.csv: completeness from its status, exclusions "
+                             "from its excluded column (default: the participants.csv "
+                             "beside --responses, if there is one)")
+    parser.add_argument("--keep-excluded", action="store_true",
+                        help="keep the judgments of participants the study excluded (its "
+                             "pre-registered rules or by hand); by default they are left "
+                             "out, and how many each rule removed is reported")
     parser.add_argument("--classes", default="imagenet",
                         help="class synsets: 'imagenet' (the ILSVRC-2012 classes, default), "
                              "'digits' (the demo's 0-9), or a TSV with columns index, name[, wnid]")
@@ -756,13 +812,19 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
     try:
         responses = read_responses(args.responses)
-        participants = read_participants(args.participants) if args.participants else None
+        participants_path = args.participants
+        beside = Path(args.responses).with_name("participants.csv")
+        if participants_path is None and beside.exists():
+            participants_path = beside
+            log.info("participants from %s (beside --responses)", beside)
+        participants = read_participants(participants_path) if participants_path else None
         selectivity = read_results(args.selectivity, required=("layer", "unit", "top_class",
                                                                "ccmas_class"))
         overrides = coding.read_codes(args.codes) if args.codes else None
         coder = coding.Coder(overrides=overrides)
         class_senses = _class_senses(args.classes, coder)
         judgments = select_judgments(responses, participants, args.include_incomplete)
+        judgments, exclusions = drop_excluded(judgments, participants, args.keep_excluded)
         judgments = in_layer_order(judgments, selectivity)
         table, detail = table2(judgments, selectivity, coder, class_senses, args.threshold,
                                where=args.responses, agreement=args.agreement,
@@ -772,8 +834,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = format_markdown(table, args.threshold, args.strict_threshold)
+    markdown = format_markdown(table, args.threshold, args.strict_threshold) + \
+        format_exclusions(exclusions, args.keep_excluded)
     (out / "table2.md").write_text("# Table 2\n\n" + markdown)
+    exclusions.to_csv(out / "exclusions.csv", index=False)
     table.to_csv(out / "table2.csv", index=False)
     detail.to_csv(out / "table2_units.csv", index=False)
     print(markdown, end="")

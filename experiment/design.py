@@ -75,6 +75,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.exclusion import RuleError, parse_rules, read_rules
 from server.study_file import (
     DESIGN_CLI,
     FORMAT,
@@ -635,6 +636,10 @@ def summary(study: Mapping) -> str:
         rows.append(("catch trials", str(study["catch_trials"]),
                      f"per list; {expected['yes']} yes + {expected['no']} no in all, "
                      f"from {files} files"))
+    if study.get("exclusion_rules"):
+        rules = parse_rules(study["exclusion_rules"])
+        rows += [("exclusion rule", name, line.split(": ", 1)[1])
+                 for name, line in zip(rules.rules, rules.describe(), strict=True)]
     return _table(rows)
 
 
@@ -696,6 +701,10 @@ def _parser(prog: str = CLI) -> argparse.ArgumentParser:
                         help="catch manifest with columns panel_id, path, expected (yes/no) "
                              "and label (the class a yes names), as python -m generator.panels "
                              "catch writes it")
+    parser.add_argument("--exclusion-rules", metavar="TOML",
+                        help="pre-registered exclusion rules (docs/exclusion.md), written "
+                             "into the study file and applied by the server to every "
+                             "participant who finishes (default: none, as in the paper)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random sampling and dealing (default 0)")
     parser.add_argument("--out", required=True, metavar="JSON",
@@ -729,10 +738,17 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         study["source"] = {"panels": args.panels, "practice": args.practice}
         if args.catch:
             study["source"]["catch"] = args.catch_panels
+        if args.exclusion_rules:
+            rules = read_rules(args.exclusion_rules)
+            if "catch" in rules.rules and not args.catch:
+                log.warning("%s: the catch rule has no catch trials to judge without "
+                            "--catch K", args.exclusion_rules)
+            study["exclusion_rules"] = rules.to_json()
+            study["source"]["exclusion_rules"] = args.exclusion_rules
         validate_design(study)
         check_files(study, open_images=not args.no_check_images)
         write_study(study, args.out)
-    except DesignError as exc:
+    except (DesignError, RuleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

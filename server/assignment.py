@@ -15,6 +15,8 @@
   beyond it), counted in the entry log under the same lock as the assignment.
 - So no list ever has more completed participants than its target: a session completes
   only while it holds a valid lease, and leases are only handed out below the target.
+  With the study's exclusion rules saying ``replace_excluded``, an excluded participant
+  (by the rules when they finish, or by hand) does not count: the list takes another.
 - Every response is written once: (participant, trial index) is unique, answers come in
   order, and a repeated POST returns the stored row and changes nothing.
 """
@@ -32,9 +34,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, select
+from sqlalchemy import and_, bindparam, case, func, or_, select
 from sqlalchemy.engine import Connection, Row
 
+from .exclusion import evaluate_participant
 from .store import (
     Store,
     entry_log,
@@ -279,7 +282,12 @@ def _list_fill_query(exclude: bool):
     join_on = p.c.list_id == lists.c.id
     if exclude:
         join_on = and_(join_on, p.c.id != bindparam("exclude"))
-    completed = func.coalesce(func.sum(case((p.c.status == "completed", 1), else_=0)), 0)
+    # An excluded participant counts toward the target unless the study's rules say
+    # replace_excluded (then their place goes to a new participant).
+    replace = select(study.c.replace_excluded).where(study.c.id == 1).scalar_subquery()
+    counted = and_(p.c.status == "completed",
+                   or_(p.c.excluded.is_not(True), replace.is_not(True)))
+    completed = func.coalesce(func.sum(case((counted, 1), else_=0)), 0)
     active = func.coalesce(func.sum(case(
         (and_(p.c.status == "active", p.c.lease_expires_at > bindparam("at")), 1),
         else_=0)), 0)
@@ -509,6 +517,9 @@ def record_response(store: Store, token: str, answer: Answer, lease_seconds: flo
             if n_answered == p.n_trials:
                 values.update(status="completed", completed_at=at)
             conn.execute(participants.update().where(participants.c.id == p.id).values(**values))
+            if n_answered == p.n_trials:
+                # the study's exclusion rules, once the last answer is in (server/exclusion.py)
+                evaluate_participant(conn, p.id, at)
         stored = dict(row._mapping) if written else stored_response(conn, p.id, index)
         return Recorded(stored, written, n_answered, p.n_trials)
 

@@ -27,7 +27,11 @@ Four files, the first two read directly by ``analysis/table2.py``:
     :data:`PARTICIPANT_COLUMNS`: counts (``n_trials``, ``n_answered``,
     ``n_practice_answered``), the time of each step, ``duration_s`` (completion minus
     entry, for completed participants), the browser window measured by the device check
-    and the user agent.
+    and the user agent; last the exclusion columns of :data:`EXCLUSION_EXPORT_COLUMNS`
+    (docs/exclusion.md): ``excluded``, ``exclusion_reasons``, ``manual_reason``,
+    ``catch_passed``, ``catch_total``, ``practice_correct``, ``practice_scored``,
+    ``median_rt_ms``. Every finished participant is evaluated again by the study's rules
+    just before an export.
 
 Formats:
 
@@ -79,6 +83,7 @@ from flask.cli import with_appcontext
 from sqlalchemy import Select, func, select
 from sqlalchemy.engine import Connection
 
+from .exclusion import evaluate_all, reasons_of
 from .store import Store, get_store, panels, participants, responses
 
 __all__ = ["EXPORTS", "RESPONSE_COLUMNS", "PARTICIPANT_COLUMNS", "YIELD_PER", "iso_time",
@@ -258,6 +263,47 @@ _TABLES["responses"] = _Table(
 __all__ += ["CATCH_EXPORT_COLUMNS"]
 
 
+# --- exclusions: the verdict and the figures behind it, last in the participants -----------
+
+#: The participants' exclusion columns (docs/exclusion.md): ``excluded`` (true / false;
+#: empty for a participant who has not finished: not evaluated), ``exclusion_reasons``
+#: (the failed rules' names joined by ``;``, with ``manual`` for an exclusion by hand; a
+#: participant reinstated by hand has none), ``manual_reason`` (the experimenter's
+#: words), the catch trials passed of those answered, the practice trials answered as
+#: expected of those with an expected answer, and the median answer time (ms) of the
+#: non-practice trials.
+EXCLUSION_EXPORT_COLUMNS: tuple[str, ...] = (
+    "excluded", "exclusion_reasons", "manual_reason", "catch_passed", "catch_total",
+    "practice_correct", "practice_scored", "median_rt_ms")
+_BASE_PARTICIPANT_COLUMNS = len(PARTICIPANT_COLUMNS)
+PARTICIPANT_COLUMNS += EXCLUSION_EXPORT_COLUMNS
+
+
+def _participants_with_exclusion() -> Select:
+    p = participants.c
+    return _participants_query().add_columns(
+        p.excluded, p.exclusion_reasons, p.manual_exclusion, p.manual_reason, p.catch_passed,
+        p.catch_total, p.practice_correct, p.practice_scored, p.median_rt_ms)
+
+
+def _participants_exclusion_native(row: Sequence[Any]) -> list[Any]:
+    values = _participants_native(row[:18])
+    excluded, reasons, manual, manual_reason, *figures = row[18:]
+    median = figures[-1]
+    figures[-1] = round(median, 1) if median is not None else None
+    values.extend([excluded, ";".join(reasons_of(reasons, manual)) if excluded is not None
+                   or manual else None, manual_reason, *figures])
+    return values
+
+
+_TABLES["participants"] = _Table(
+    PARTICIPANT_COLUMNS, _participants_with_exclusion, _participants_exclusion_native,
+    bools=(*_TABLES["participants"].bools, PARTICIPANT_COLUMNS.index("excluded")),
+    texts=(*_TABLES["participants"].texts, PARTICIPANT_COLUMNS.index("exclusion_reasons"),
+           PARTICIPANT_COLUMNS.index("manual_reason")))
+__all__ += ["EXCLUSION_EXPORT_COLUMNS"]
+
+
 # --- streaming ----------------------------------------------------------------------------------
 
 def _split(name: str) -> tuple[_Table, str]:
@@ -341,9 +387,12 @@ def iter_export(store: Store, name: str) -> Iterator[str]:
     """The text of export ``name`` (a key of :data:`EXPORTS`), in chunks of about
     :data:`YIELD_PER` rows, read in one read transaction that stays open while the chunks
     are consumed (closing the iterator ends it). Unknown names raise ValueError at once.
+    Every finished participant is evaluated again by the study's exclusion rules first
+    (server/exclusion.py), so the verdicts are current.
 
     For a download: ``Response(iter_export(store, name), mimetype=EXPORTS[name])``."""
     _split(name)
+    evaluate_all(store)
 
     def generate() -> Iterator[str]:
         with store.read() as conn:
@@ -374,10 +423,12 @@ def write_exports(store: Store, out_dir: str | os.PathLike, names: Iterable[str]
     Each file is written to a temporary file beside it and moved into place only once
     every file is complete, so readers never see a partial file and a failure leaves the
     old files as they were. ``progress(name, rows_so_far)`` is called after each chunk.
+    Every finished participant is evaluated again by the study's exclusion rules first.
     The files are readable by their owner only (they hold Prolific ids)."""
     names = list(EXPORTS if names is None else names)
     for name in names:
         _split(name)
+    evaluate_all(store)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, int] = {}

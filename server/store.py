@@ -203,8 +203,8 @@ entry_log = Table(
     Index("ix_entry_log_source_at", "source", "at"),
 )
 
-SCHEMA_VERSION = 6   # 4: admin_sessions, 5: the responses' tracking columns, 6: the panels'
-                     # catch columns (below)
+SCHEMA_VERSION = 7   # 4: admin_sessions, 5: the responses' tracking columns, 6: the panels'
+                     # catch columns, 7: exclusions and Prolific files (below)
 
 _VERSION_1 = ("meta", "study", "panels", "lists", "list_panels", "participants", "responses")
 _VERSION_2 = ("admins", "login_attempts", "webhook_events", "admin_actions")
@@ -312,6 +312,74 @@ def _migrate_to_6(conn: Connection) -> None:
 
 
 MIGRATIONS[6] = _migrate_to_6
+
+
+# -- exclusions, practice scores and Prolific's files (schema version 7) ----------------------
+
+# The study's pre-registered exclusion rules (analysis/exclusion.py; NULL: none) and
+# whether an excluded participant frees their place on the list.
+STUDY_EXCLUSION_COLUMNS = ("exclusion_rules", "replace_excluded")
+study.append_column(Column("exclusion_rules", Text))
+study.append_column(Column("replace_excluded", Boolean, nullable=False, default=False,
+                           server_default=false()))
+
+# A practice panel's expected answer (yes | no; NULL: not scored).
+PANEL_EXPECTED_COLUMNS = ("expected",)
+panels.append_column(Column("expected", String(8)))
+
+# What an action was about, in the experimenter's words (a manual exclusion's reason).
+ADMIN_ACTION_COLUMNS = ("detail",)
+admin_actions.append_column(Column("detail", Text))
+
+# Per participant (server/exclusion.py): the rules' verdict, evaluated when they finish and
+# again at export, and an experimenter's decision by hand, which overrides it. NULL
+# ``excluded``: not evaluated yet (a participant who has not finished).
+PARTICIPANT_EXCLUSION_COLUMNS = (
+    "excluded", "exclusion_reasons", "manual_exclusion", "manual_reason", "catch_passed",
+    "catch_total", "practice_correct", "practice_scored", "median_rt_ms", "evaluated_at")
+for _column in (
+    Column("excluded", Boolean),            # the decision: the rules', or the manual one
+    Column("exclusion_reasons", Text),      # the rules that failed, "catch;fast" ("": none)
+    Column("manual_exclusion", String(16)), # exclude | reinstate (NULL: the rules decide)
+    Column("manual_reason", Text),          # the experimenter's reason
+    Column("catch_passed", Integer),
+    Column("catch_total", Integer),
+    Column("practice_correct", Integer),
+    Column("practice_scored", Integer),
+    Column("median_rt_ms", Float),
+    Column("evaluated_at", Float),
+):
+    participants.append_column(_column)
+del _column
+
+# What was written into Prolific's files, once per participant and kind: a second request
+# writes only those not yet written (server/prolific_files.py).
+prolific_files = Table(
+    "prolific_files", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("participant_id", Integer, ForeignKey("participants.id"), nullable=False),
+    Column("kind", String(16), nullable=False),        # approval | bonus
+    Column("decision", String(16)),                    # approvals: approve | reject
+    Column("reason", Text),                            # rejections: the failed rule(s)
+    Column("amount", String(16)),                      # bonuses: e.g. "0.50"
+    Column("written_at", Float, nullable=False),
+    Column("batch", String(64), nullable=False),       # the file it went into
+    UniqueConstraint("participant_id", "kind", name="uq_prolific_file"),
+)
+
+__all__ += ["STUDY_EXCLUSION_COLUMNS", "PANEL_EXPECTED_COLUMNS", "ADMIN_ACTION_COLUMNS",
+            "PARTICIPANT_EXCLUSION_COLUMNS", "prolific_files"]
+
+
+def _migrate_to_7(conn: Connection) -> None:
+    _add_columns(conn, study, STUDY_EXCLUSION_COLUMNS)
+    _add_columns(conn, panels, PANEL_EXPECTED_COLUMNS)
+    _add_columns(conn, admin_actions, ADMIN_ACTION_COLUMNS)
+    _add_columns(conn, participants, PARTICIPANT_EXCLUSION_COLUMNS)
+    metadata.create_all(conn, tables=[prolific_files])
+
+
+MIGRATIONS[7] = _migrate_to_7
 
 
 def now() -> float:

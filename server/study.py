@@ -24,9 +24,20 @@ from flask.cli import with_appcontext
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
+from analysis.exclusion import RuleError, Rules, parse_rules, read_rules
 from common.files import atomic_path, sha256_file
 
-from .store import Store, get_store, list_panels, lists, now, panels, participants, responses
+from .store import (
+    Store,
+    get_store,
+    list_panels,
+    lists,
+    now,
+    panels,
+    participants,
+    prolific_files,
+    responses,
+)
 from .store import study as study_table
 from .study_file import DesignError, list_trials, read_study
 
@@ -67,15 +78,22 @@ def _store_image(path: Path, image_dir: Path, sha256: str | None) -> str:
 def install_study(store: Store, study_path: str | Path, image_dir: str | Path,
                   completion_code: str | None = None, prolific_study_id: str | None = None,
                   discard_data: bool = False,
-                  progress: Callable[[Iterable], Iterable] | None = None) -> dict[str, Any]:
+                  progress: Callable[[Iterable], Iterable] | None = None,
+                  exclusion_rules: Rules | None = None) -> dict[str, Any]:
     """Read the study file ``study_path``, copy its images into ``image_dir`` and make it
     the study of ``store``; returns counts. Refuses to replace a study that has
     participants unless ``discard_data``. ``progress`` wraps the image copying (a
-    progress bar)."""
+    progress bar). ``exclusion_rules``: the study's pre-registered rules, in place of
+    those in the study file (``exclusion_rules``; none: nobody is excluded by rule)."""
     try:
         design = read_study(study_path)
     except DesignError as exc:
         raise StudyError(str(exc)) from exc
+    if exclusion_rules is None and "exclusion_rules" in design:
+        exclusion_rules = parse_rules(design["exclusion_rules"])   # validated by read_study
+    rules = exclusion_rules.to_json() if exclusion_rules is not None else None
+    if rules is not None:
+        design["exclusion_rules"] = rules
     image_dir = Path(image_dir)
     image_dir.mkdir(parents=True, exist_ok=True)
     code = completion_code or _random_code()
@@ -98,11 +116,13 @@ def install_study(store: Store, study_path: str | Path, image_dir: str | Path,
                 f"the store already holds a study with {n_participants} participants: export "
                 "their data, then load into a fresh database (DATABASE_URL) or pass "
                 "--discard-data to delete them")
-        for table in (responses, participants, list_panels, lists, panels, study_table):
+        for table in (responses, prolific_files, participants, list_panels, lists, panels,
+                      study_table):
             conn.execute(table.delete())
         rows = [dict(id=pid, practice=True, layer=None, unit=None,
                      label=design["practice_panels"][pid].get("label"), image=files[pid],
-                     position=i) for i, pid in enumerate(practice_ids)]
+                     position=i, expected=design["practice_panels"][pid].get("expected"))
+                 for i, pid in enumerate(practice_ids)]
         rows += [dict(id=pid, practice=False, layer=info["layer"], unit=int(info["unit"]),
                       label=None, image=files[pid], position=i)
                  for i, (pid, info) in enumerate(design["panels"].items())]
@@ -112,7 +132,8 @@ def install_study(store: Store, study_path: str | Path, image_dir: str | Path,
                       catch_expected=info["catch_expected"], catch_class=info.get("catch_class"))
                  for i, (pid, info) in enumerate(catch_panels.items(), len(design["panels"]))]
         conn.execute(panels.insert(), [{"catch": False, "catch_expected": None,
-                                        "catch_class": None, **row} for row in rows])
+                                        "catch_class": None, "expected": None, **row}
+                                       for row in rows])
         conn.execute(lists.insert(), [dict(id=int(item["id"]), target=int(item["target"]))
                                       for item in design["lists"]])
         # a list's trials in design order: its AM panels, its catch panels at their positions
@@ -123,9 +144,12 @@ def install_study(store: Store, study_path: str | Path, image_dir: str | Path,
             id=1, format=design["format"], seed=design.get("seed"),
             design=json.dumps(design), loaded_at=now(), status="open",
             completion_code=code, prolific_study_id=prolific_study_id,
-            practice_trials=len(practice_ids)))
+            practice_trials=len(practice_ids),
+            exclusion_rules=json.dumps(rules) if rules is not None else None,
+            replace_excluded=bool(exclusion_rules and exclusion_rules.replace_excluded)))
     return {"panels": len(design["panels"]), "practice": len(practice_ids),
             "catch": len(catch_panels),
+            "exclusion_rules": len(exclusion_rules.rules) if exclusion_rules else 0,
             "lists": len(design["lists"]),
             "participants": sum(int(item["target"]) for item in design["lists"]),
             "completion_code": code, "images": len(set(files.values()))}
@@ -159,19 +183,27 @@ def init_app(app: Flask) -> None:
 @click.option("--prolific-study-id", help="Accept only this Prolific STUDY_ID in entry links.")
 @click.option("--discard-data", is_flag=True,
               help="Replace a loaded study even though it has participants (deletes them).")
+@click.option("--exclusion-rules", "rules_path", type=click.Path(exists=True, dir_okay=False),
+              help="Pre-registered exclusion rules (TOML, docs/exclusion.md), in place of "
+                   "those in the study file (default: the study file's, if any).")
 def load_study_command(design: str, completion_code: str | None,
-                       prolific_study_id: str | None, discard_data: bool) -> None:
+                       prolific_study_id: str | None, discard_data: bool,
+                       rules_path: str | None) -> None:
     """Load a study design (study.json from python -m experiment.design) into the store."""
     def bar(items):
         with click.progressbar(items, label="copying panel images", file=sys.stderr) as it:
             yield from it
 
     try:
+        rules = read_rules(rules_path) if rules_path else None
         counts = install_study(get_store(), design, current_app.config["IMAGE_DIR"],
-                               completion_code, prolific_study_id, discard_data, progress=bar)
-    except StudyError as exc:
+                               completion_code, prolific_study_id, discard_data, progress=bar,
+                               exclusion_rules=rules)
+    except (StudyError, RuleError) as exc:
         raise click.ClickException(str(exc)) from exc
     catch = f", {counts['catch']} catch trials" if counts["catch"] else ""
+    if counts["exclusion_rules"]:
+        catch += f", {counts['exclusion_rules']} exclusion rules"
     click.echo(f"loaded {design}: {counts['panels']} panels in {counts['lists']} lists{catch}, "
                f"{counts['practice']} practice panels, {counts['participants']} participants "
                f"wanted; {counts['images']} images in {current_app.config['IMAGE_DIR']}")

@@ -28,6 +28,10 @@ study without them), three more keys::
      "lists": [{"id": 1, "target": 5, "panels": [...],
                 "catch": [{"panel": "<id>", "position": 7}, ...]}, ...]
 
+With pre-registered exclusion rules (``python -m experiment.design --exclusion-rules
+FILE.toml``; optional): ``"exclusion_rules": {...}``, the rules file as a JSON object
+(analysis/exclusion.py, docs/exclusion.md).
+
 ``panels`` stays the AM panels (units) alone. A list's trials are its ``panels`` with its
 catch panels put in at their ``position`` (0-based, in the K + n trials; ascending);
 every catch id is in exactly one list (a catch file shown in many lists has an id in
@@ -38,7 +42,7 @@ study folder can be moved as a whole; :func:`read_study` turns them back into ab
 paths. In memory (a design from ``experiment.design.build_design``, a study from
 :func:`read_study`) paths are absolute.
 
-Standard library only at import (with :mod:`common.files`): no numpy, no pandas, and
+Standard library only at import (with :mod:`common.files` and :mod:`analysis.exclusion`): no numpy, no pandas, and
 Pillow only inside :func:`check_files` when it opens the images, so a gunicorn worker
 that imports the server never loads the data stack. Everything a user can get wrong
 raises :class:`DesignError` naming what is wrong, where, and how to fix it.
@@ -56,6 +60,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from analysis.exclusion import RuleError, parse_rules
 from common.files import atomic_write_text, sha256_file
 
 __all__ = [
@@ -262,6 +267,17 @@ def _count_problems(study: Mapping) -> list[str]:
     return problems
 
 
+def _rules_problems(study: Mapping) -> list[str]:
+    """The optional ``exclusion_rules`` (analysis/exclusion.py), as a JSON object."""
+    if "exclusion_rules" not in study:
+        return []
+    try:
+        parse_rules(study["exclusion_rules"], "exclusion_rules")
+    except RuleError as exc:
+        return [str(exc)]
+    return []
+
+
 def validate_design(study: Mapping) -> None:
     """Raise :class:`DesignError` listing every broken invariant of a study dict.
 
@@ -271,7 +287,8 @@ def validate_design(study: Mapping) -> None:
     hold their sample size; practice ids unique, known, distinct from panel ids
     and ``practice_trials`` many; where there are catch trials, ``catch_trials`` of them in
     every list at distinct ascending positions, each catch id in exactly one list, known,
-    distinct from the other ids, with its expected answer (and a class for a yes).
+    distinct from the other ids, with its expected answer (and a class for a yes); where
+    there are exclusion rules, rules that analysis/exclusion.py accepts.
     """
     if not isinstance(study, Mapping):
         raise DesignError(f"a study must be a JSON object, not {type(study).__name__}")
@@ -280,7 +297,8 @@ def validate_design(study: Mapping) -> None:
                           f"regenerate it with {DESIGN_CLI}")
     problems = _structure_problems(study)
     if not problems:
-        problems = _dealing_problems(study) + _count_problems(study) + _catch_problems(study)
+        problems = (_dealing_problems(study) + _count_problems(study)
+                    + _catch_problems(study) + _rules_problems(study))
     if problems:
         raise DesignError(f"the study breaks {len(problems)} rule(s) of the design; "
                           f"regenerate it with {DESIGN_CLI}:\n{listing(problems)}")

@@ -322,7 +322,9 @@ def test_exports_read_through_a_streaming_cursor(app):
 
     @event.listens_for(store.engine, "before_cursor_execute")
     def record(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith("SELECT"):
+        # every read of rows (the study's one row of exclusion rules aside) streams
+        if statement.lstrip().upper().startswith("SELECT") and \
+                "study.exclusion_rules" not in statement:
             seen.append((context.execution_options.get("yield_per"),
                          context.execution_options.get("stream_results"),
                          type(cursor).__name__))
