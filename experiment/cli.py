@@ -67,6 +67,8 @@ COMMANDS: tuple[Command, ...] = (
             "run the rating study"),
     Command("export", "server.export", "the responses and participants (CSV, JSON)",
             "run the rating study", server=True),
+    Command("prolific-files", "server.prolific_files", "Prolific's approvals and bonus files",
+            "run the rating study", server=True),
     Command("entry-log", "server.participant", "refused entries, for the experimenter",
             "run the rating study", server=True),
     Command("coding", "analysis.coding", "free-text answers as WordNet synsets",

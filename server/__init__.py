@@ -137,11 +137,12 @@ def create_app(test_config: dict[str, Any] | None = None,
     app.jinja_loader = ChoiceLoader([FileSystemLoader(Path(app.instance_path) / "templates"),
                                      app.jinja_loader])
 
-    from . import admin, api, auth, export, participant, serve, store, study
+    from . import admin, api, auth, export, participant, prolific_files, serve, store, study
 
     store.init_app(app)
     study.init_app(app)
     export.init_app(app)
+    prolific_files.init_app(app)   # its routes join admin.bp before it is registered
     app.cli.add_command(auth.create_admin_command)
     app.cli.add_command(serve.serve_command)
     app.register_blueprint(participant.bp)

@@ -8,6 +8,8 @@
   create-admin NAME       an experimenter account for the dashboard (/admin/)
   export --out DIR        responses.csv, participants.csv and the same as JSON
   entry-log               refused entries (rate limit, another SESSION_ID, STUDY_ID)
+  prolific-files --out DIR [--bonus AMOUNT]
+                          Prolific's approvals and bonus CSVs, once per participant
 
 The store is chosen by DATABASE_URL (default: a SQLite file in the instance folder,
 FLASK_INSTANCE_PATH); other settings by FLASK_<NAME> variables or instance/config.py.
