@@ -86,6 +86,8 @@ DEFAULTS: dict[str, Any] = {
     "LOGIN_WINDOW_MINUTES": 15,
     # The dashboard highlights active sessions idle this long (or past their lease).
     "STALE_MINUTES": 10,
+    # The dashboard's charts and counts refresh this often (milliseconds), without a reload.
+    "DASHBOARD_REFRESH_MS": 5000,
     # Prolific's webhook secret (workspace hooks/secrets); unset, the webhook is off.
     "PROLIFIC_WEBHOOK_SECRET": None,
     # A delivery whose X-Prolific-Request-Timestamp is further than this from the server's

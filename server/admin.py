@@ -3,6 +3,13 @@
 Everything under ``/admin/`` except the login page needs an experimenter's session, and
 every POST carries the session's CSRF token. The dashboard aggregates in SQL and pages
 the participant table, so it stays fast with tens of thousands of participants.
+
+The dashboard page is drawn twice: by the server (tables that work without scripts) and,
+every few seconds, by ``static/dashboard.js`` from ``/admin/dashboard.json`` (charts of
+completions and active participants over time, the yes-rate per layer with its Wilson
+95% interval, each list's fill, and the participant table's catch pass rate, median
+answer time and exclusion status). Experimenters exclude or reinstate a participant by
+hand, with a reason (``server/exclusion.py``, recorded in ``admin_actions``).
 """
 
 from __future__ import annotations
@@ -23,15 +30,20 @@ from flask import (
     request,
     url_for,
 )
-from sqlalchemy import and_, case, func, literal, select
+from sqlalchemy import Integer, and_, case, cast, false, func, literal, or_, select, true
+
+from analysis.exclusion import Rules, Trial, evaluate
 
 from . import validate
 from .auth import AuthError, LoginRefused, check_login, current_admin, log_in, log_out
 from .csrf import check_csrf
-from .store import admin_actions, get_store, lists, now, participants, responses
+from .exclusion import reasons_of, set_manual
+from .store import admin_actions, get_store, lists, now, panels, participants, responses
 from .store import study as study_table
 
-__all__ = ["bp", "list_summary", "status_totals", "median_duration", "participant_page"]
+__all__ = ["bp", "list_summary", "status_totals", "median_duration", "participant_page",
+           "exclusion_status", "timeline", "layer_rates", "wilson_interval",
+           "dashboard_data"]
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -40,6 +52,10 @@ MAX_PAGE = 1_000_000          # ?page= beyond this is a 400 (50 million particip
 MAX_NEXT = 2048               # the longest ?next= followed after login
 ENDED = ("returned", "timed_out", "rejected")
 FILTERS = ("all", "active", "expired", "completed", "ended", "declined")
+TIMELINE_BUCKETS = 60         # points on the dashboard's chart of completions and actives
+MAX_REASON = 500              # characters in a manual exclusion's reason
+EXCLUSION_ACTIONS = {"exclude": "exclude", "reinstate": "reinstate", "rules": None}
+Z95 = 1.959963984540054       # the standard normal's 97.5% quantile
 
 
 @bp.before_request
@@ -115,13 +131,16 @@ def _counts(at: float) -> dict[str, Any]:
         "expired": func.coalesce(func.sum(case((expired, 1), else_=0)), 0),
         "ended": func.coalesce(func.sum(case((p.c.status.in_(ENDED), 1), else_=0)), 0),
         "declined": func.coalesce(func.sum(case((p.c.status == "declined", 1), else_=0)), 0),
+        "excluded": func.coalesce(func.sum(case((p.c.excluded == true(), 1), else_=0)), 0),
+        "kept": func.coalesce(func.sum(case((p.c.excluded == false(), 1), else_=0)), 0),
         "oldest_active": func.min(case((running, p.c.created_at), else_=None)),
     }
 
 
 def list_summary(conn, at: float) -> list[dict[str, Any]]:
     """Per list: target, completed, active (and the oldest active session's start),
-    expired, returned/timed out/rejected, declined."""
+    expired, returned/timed out/rejected, declined, and how many participants are
+    excluded and kept (by the rules or by hand; the others are not evaluated yet)."""
     counts = _counts(at)
     query = (select(lists.c.id, lists.c.target, *[v.label(k) for k, v in counts.items()])
              .select_from(lists.outerjoin(participants, participants.c.list_id == lists.c.id))
@@ -157,7 +176,9 @@ def median_duration(conn) -> float | None:
 
 def participant_page(conn, at: float, status: str, page: int, stale_s: float
                      ) -> tuple[list[dict[str, Any]], int]:
-    """One page of participants (newest first) and the number matching ``status``."""
+    """One page of participants (newest first) and the number matching ``status``, each
+    with their catch trials passed, median answer time and exclusion status (see
+    :func:`_add_exclusion`)."""
     p = participants
     where = {
         "all": literal(True),
@@ -173,7 +194,9 @@ def participant_page(conn, at: float, status: str, page: int, stale_s: float
     query = (select(p.c.id, p.c.prolific_pid, p.c.list_id, p.c.status, p.c.n_answered,
                     p.c.n_trials, p.c.created_at, p.c.completed_at, p.c.ended_at,
                     p.c.lease_expires_at, p.c.consented_at, p.c.device_ok_at,
-                    last_answer.label("last_answer"))
+                    p.c.excluded, p.c.exclusion_reasons, p.c.manual_exclusion,
+                    p.c.manual_reason, p.c.catch_passed, p.c.catch_total, p.c.median_rt_ms,
+                    p.c.evaluated_at, last_answer.label("last_answer"))
              .where(where).order_by(p.c.id.desc())
              .offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE))
     rows = []
@@ -189,13 +212,195 @@ def participant_page(conn, at: float, status: str, page: int, stale_s: float
         finished = row["completed_at"] or row["ended_at"]
         row["duration_s"] = finished - row["created_at"] if finished else None
         rows.append(row)
+    _add_exclusion(conn, rows)
     return rows, total
+
+
+def exclusion_status(excluded: bool | None) -> str:
+    """excluded | kept | pending (not evaluated yet: a participant who has not finished,
+    and whom no experimenter has excluded or reinstated by hand)."""
+    return "pending" if excluded is None else "excluded" if excluded else "kept"
+
+
+def _add_exclusion(conn, rows: list[dict[str, Any]]) -> None:
+    """Each row's catch pass rate, median answer time and exclusion status. A participant
+    evaluated when they finished has the figures stored; for the others (still in the
+    study, or left before the end) they are computed from their answers so far, as the
+    rules compute them (analysis.exclusion.evaluate), in one query for the page."""
+    live = [row["id"] for row in rows if row["evaluated_at"] is None]
+    trials: dict[int, list[Trial]] = {pid: [] for pid in live}
+    if live:
+        query = (select(responses.c.participant_id, responses.c.answer_yes,
+                        responses.c.rt_answer_ms, panels.c.catch, panels.c.catch_expected)
+                 .select_from(responses.join(panels, responses.c.panel_id == panels.c.id))
+                 .where(responses.c.participant_id.in_(live),
+                        responses.c.practice == false()))
+        for r in conn.execute(query):
+            trials[r.participant_id].append(Trial(
+                practice=False, answer_yes=bool(r.answer_yes),
+                rt_answer_ms=float(r.rt_answer_ms), catch=bool(r.catch),
+                catch_expected=r.catch_expected))
+    for row in rows:
+        if row["id"] in trials:
+            verdict = evaluate(Rules(), trials[row["id"]])
+            row.update(catch_passed=verdict.catch_passed, catch_total=verdict.catch_total,
+                       median_rt_ms=verdict.median_rt_ms)
+        total = row["catch_total"]
+        row["catch_rate"] = row["catch_passed"] / total if total else None
+        # Not evaluated and no decision by hand: pending, whatever ``excluded`` says (a
+        # decision handed back to the rules before the participant finished leaves it
+        # false, not NULL).
+        decided = row["evaluated_at"] is not None or row["manual_exclusion"] is not None
+        row["exclusion"] = exclusion_status(row["excluded"] if decided else None)
+        row["reasons"] = (reasons_of(row["exclusion_reasons"], row["manual_exclusion"])
+                          if row["exclusion"] == "excluded" else [])
+
+
+def wilson_interval(yes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """The Wilson score interval of the proportion ``yes / n`` (None when n is 0): it
+    stays inside [0, 1] and is honest for small n and rates near 0 or 1, where the
+    normal approximation is not."""
+    if n <= 0:
+        return None
+    p = yes / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def layer_rates(conn, layer_order: list[str]) -> list[dict[str, Any]]:
+    """Per layer (in ``layer_order``, then any other in name order): the yes-rate so far
+    over the main trials (no practice, no catch panel) of participants not excluded, with
+    n and its Wilson 95% interval. One grouped query."""
+    r, p = responses, participants
+    query = (select(panels.c.layer, func.count().label("n"),
+                    func.coalesce(func.sum(case((r.c.answer_yes == true(), 1), else_=0)),
+                                  0).label("yes"))
+             .select_from(r.join(panels, r.c.panel_id == panels.c.id)
+                          .join(p, r.c.participant_id == p.c.id))
+             .where(r.c.practice == false(), panels.c.catch == false(),
+                    panels.c.layer.is_not(None),
+                    or_(p.c.excluded.is_(None), p.c.excluded == false()))
+             .group_by(panels.c.layer))
+    counts = {row.layer: (int(row.yes), int(row.n)) for row in conn.execute(query)}
+    order = list(layer_order) + sorted(set(counts) - set(layer_order))
+    out = []
+    for layer in order:
+        yes, n = counts.get(layer, (0, 0))
+        interval = wilson_interval(yes, n)
+        out.append({"layer": layer, "n": n, "yes": yes, "rate": yes / n if n else None,
+                    "low": interval[0] if interval else None,
+                    "high": interval[1] if interval else None})
+    return out
+
+
+def _bucket(conn, value, start: float, width: float):
+    """The bucket (0, 1, ...) of a time at or after ``start``, in SQL: floor((value -
+    start) / width). SQLite's CAST truncates, which is floor for these non-negative
+    values; PostgreSQL's CAST rounds, so it floors first."""
+    scaled = (value - start) / width
+    if conn.dialect.name == "sqlite":
+        return cast(scaled, Integer)
+    return cast(func.floor(scaled), Integer)
+
+
+def timeline(conn, at: float, buckets: int = TIMELINE_BUCKETS) -> dict[str, Any]:
+    """Completions and active participants over time, from the first entry to ``at`` in
+    ``buckets`` equal steps. At each point t (the end of a step; the last is ``at``):
+    ``completed``, the participants who completed before t; ``active``, those who had
+    entered before t and whose session had not ended (completed, ended, or the lease
+    run out; a session still running now has not ended). Counted per bucket in SQL (two
+    grouped queries over the participants), summed up here."""
+    p = participants
+    start = conn.execute(select(func.min(p.c.created_at))).scalar()
+    if start is None:
+        return {"start": None, "end": at, "bucket_s": None, "points": []}
+    start = float(min(start, at))
+    width = (at - start) / buckets if at > start else 1.0 / buckets
+    lease_out = case((p.c.lease_expires_at <= at, p.c.lease_expires_at), else_=None)
+    end = func.coalesce(p.c.completed_at, p.c.ended_at,
+                        case((p.c.status == "active", lease_out), else_=None))
+    entered = [0] * buckets
+    left = [0] * buckets
+    done = [0] * buckets
+    for counts, when, where in ((entered, p.c.created_at, None),
+                                (left, end, end.is_not(None)),
+                                (done, p.c.completed_at, p.c.status == "completed")):
+        b = _bucket(conn, when, start, width)
+        query = select(b.label("b"), func.count().label("n")).group_by(b)
+        if where is not None:
+            query = query.where(where)
+        for row in conn.execute(query):
+            counts[min(max(int(row.b), 0), buckets - 1)] += int(row.n)
+    points, n_entered, n_left, n_done = [], 0, 0, 0
+    for k in range(buckets):
+        n_entered += entered[k]
+        n_left += left[k]
+        n_done += done[k]
+        points.append({"t": start + (k + 1) * width if k < buckets - 1 else at,
+                       "completed": n_done, "active": n_entered - n_left})
+    return {"start": start, "end": at, "bucket_s": width, "points": points}
+
+
+def _design_layers(design_text: str | None) -> list[str]:
+    """The study's layers in its design's order (study.json's ``layers``)."""
+    try:
+        layers = json.loads(design_text or "{}").get("layers", [])
+    except (ValueError, AttributeError):   # written by install_study after validation
+        return []
+    return [str(layer) for layer in layers] if isinstance(layers, list) else []
+
+
+def _public_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A participant row as the dashboard's JSON shows it."""
+    return {
+        "id": row["id"], "prolific_pid": row["prolific_pid"], "list_id": row["list_id"],
+        "status": row["shown_status"], "stale": row["stale"],
+        "n_answered": row["n_answered"], "n_trials": row["n_trials"],
+        "created_at": row["created_at"],
+        "finished_at": row["completed_at"] or row["ended_at"],
+        "duration_s": row["duration_s"],
+        "idle_s": row["idle_s"] if row["status"] == "active" else None,
+        "catch_passed": row["catch_passed"], "catch_total": row["catch_total"],
+        "catch_rate": row["catch_rate"], "median_rt_ms": row["median_rt_ms"],
+        "exclusion": row["exclusion"], "reasons": row["reasons"],
+        "manual": row["manual_exclusion"], "manual_reason": row["manual_reason"],
+    }
+
+
+def dashboard_data(conn, at: float, status: str, page: int, stale_s: float
+                   ) -> dict[str, Any]:
+    """Everything the dashboard's charts and table show, as JSON-ready values: a fixed
+    handful of aggregate queries whatever the number of participants, and one page of
+    them (``status``, ``page``: as the HTML table)."""
+    loaded = conn.execute(select(study_table.c.status, study_table.c.design)).first()
+    summary = list_summary(conn, at)
+    totals: dict[str, Any] = status_totals(summary)
+    totals["excluded"] = sum(int(r["excluded"]) for r in summary)
+    totals["kept"] = sum(int(r["kept"]) for r in summary)
+    totals["pending"] = totals["participants"] - totals["excluded"] - totals["kept"]
+    totals["median_duration_s"] = median_duration(conn)
+    rows, total = participant_page(conn, at, status, page, stale_s)
+    return {
+        "generated_at": at,
+        "study": loaded.status if loaded else None,
+        "totals": totals,
+        "timeline": timeline(conn, at),
+        "layers": layer_rates(conn, _design_layers(loaded.design if loaded else None)),
+        "lists": [{"id": r["id"], "target": int(r["target"]), "completed": int(r["completed"]),
+                   "active": int(r["active"]), "excluded": int(r["excluded"]),
+                   "open": bool(r["open"])} for r in summary],
+        "participants": [_public_row(row) for row in rows],
+        "status": status, "page": page, "pages": max(1, math.ceil(total / PAGE_SIZE)),
+        "total": total,
+    }
 
 
 # --- pages --------------------------------------------------------------------------------
 
-@bp.get("/")
-def dashboard():
+def _page_query() -> tuple[str, int]:
+    """?status= (one of FILTERS) and ?page= (1 to MAX_PAGE); 400 otherwise."""
     status = request.args.get("status", "all")
     if status not in FILTERS:
         abort(400, description=f"status must be one of {', '.join(FILTERS)}")
@@ -203,6 +408,12 @@ def dashboard():
         page = validate.query_int("page", request.args.get("page"), 1, 1, MAX_PAGE)
     except validate.Invalid as exc:
         abort(exc.status, description=str(exc))
+    return status, page
+
+
+@bp.get("/")
+def dashboard():
+    status, page = _page_query()
     at = now()
     with get_store().read() as conn:
         loaded = conn.execute(select(study_table.c.status, study_table.c.completion_code,
@@ -215,7 +426,21 @@ def dashboard():
     return render_template("admin/dashboard.html", study=loaded, summary=summary,
                            totals=status_totals(summary), median=median, rows=rows,
                            total=total, page=page, pages=pages, status=status,
-                           filters=FILTERS, admin=current_admin(), now=at)
+                           filters=FILTERS, admin=current_admin(), now=at,
+                           refresh_ms=current_app.config["DASHBOARD_REFRESH_MS"],
+                           max_reason=MAX_REASON)
+
+
+@bp.get("/dashboard.json")
+def dashboard_json():
+    """The dashboard's figures (:func:`dashboard_data`) for static/dashboard.js, which
+    fetches them every few seconds; ``?status=`` and ``?page=`` as the HTML page."""
+    status, page = _page_query()
+    with get_store().read() as conn:
+        data = dashboard_data(conn, now(), status, page,
+                              current_app.config["STALE_MINUTES"] * 60)
+    return Response(json.dumps(data, separators=(",", ":"), allow_nan=False),
+                    mimetype="application/json")
 
 
 def _record(conn, action: str, target: str) -> None:
@@ -242,6 +467,38 @@ def mark(participant_id: int):
             _record(conn, f"mark {new}", str(participant_id))
             flash(f"Participant {participant_id} marked {new.replace('_', ' ')}; "
                   f"a slot on list {person.list_id} is free again.")
+    return redirect(request.referrer if _local(request.referrer)
+                    else url_for("admin.dashboard"))
+
+
+@bp.post("/participants/<int(max=2147483647):participant_id>/exclusion")
+def exclusion(participant_id: int):
+    """Exclude a participant by hand, reinstate one the rules exclude, or hand the
+    decision back to the rules (``action``: exclude | reinstate | rules), with the
+    experimenter's ``reason`` (needed to exclude or reinstate), recorded in
+    admin_actions. The decision overrides the rules, at export too."""
+    action = request.form.get("action", "")
+    if action not in EXCLUSION_ACTIONS:
+        abort(400, description=f"action must be one of {', '.join(EXCLUSION_ACTIONS)}, "
+                               f"not {action[:40]!r}")
+    reason = " ".join(request.form.get("reason", "").split())
+    if EXCLUSION_ACTIONS[action] and not reason:
+        abort(400, description=f"say why you {action} participant {participant_id}: the "
+                               "reason is recorded with the decision")
+    if len(reason) > MAX_REASON or not reason.isprintable():
+        abort(400, description=f"the reason must be printable text of at most {MAX_REASON} "
+                               f"characters ({len(reason)} sent)")
+    with get_store().write() as conn:
+        try:
+            result = set_manual(conn, participant_id, EXCLUSION_ACTIONS[action], reason,
+                                current_admin()["name"])
+        except LookupError:
+            abort(404, description=f"no participant {participant_id}")
+    if action == "rules":
+        flash(f"Participant {participant_id}: the exclusion rules decide again.")
+    else:
+        flash(f"Participant {participant_id} {action}d by hand "
+              f"({'excluded' if result['excluded'] else 'kept'}): {reason}")
     return redirect(request.referrer if _local(request.referrer)
                     else url_for("admin.dashboard"))
 

@@ -137,18 +137,20 @@ def set_manual(conn: Connection, participant_id: int, action: str | None, reason
     if action not in (*MANUAL_ACTIONS, None):
         raise ValueError(f"action must be one of {', '.join(MANUAL_ACTIONS)} or None")
     at = now() if at is None else at
-    row = conn.execute(select(participants.c.exclusion_reasons, participants.c.status)
+    row = conn.execute(select(participants.c.exclusion_reasons, participants.c.evaluated_at)
                        .where(participants.c.id == participant_id)).first()
     if row is None:
         raise LookupError(f"no participant {participant_id}")
-    rules_failed = bool(row.exclusion_reasons)
+    # back to the rules for someone not evaluated yet (unfinished): no verdict at all
+    excluded = None if action is None and row.evaluated_at is None else \
+        decision(bool(row.exclusion_reasons), action)
     conn.execute(participants.update().where(participants.c.id == participant_id).values(
         manual_exclusion=action, manual_reason=reason if action else None,
-        excluded=decision(rules_failed, action)))
+        excluded=excluded))
     conn.execute(admin_actions.insert().values(
         admin=admin, action=action or "rules decide", target=str(participant_id),
         detail=reason, at=at))
-    return {"excluded": decision(rules_failed, action), "manual_exclusion": action}
+    return {"excluded": excluded, "manual_exclusion": action}
 
 
 def reasons_of(exclusion_reasons: str | None, manual: str | None) -> list[str]:

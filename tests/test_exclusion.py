@@ -17,8 +17,8 @@ from server_world import Participant, count, participant_row, store_of, study_ap
 from sqlalchemy import select
 
 from analysis.exclusion import (
-    Rules,
     RuleError,
+    Rules,
     Trial,
     evaluate,
     normalise_text,
@@ -220,6 +220,12 @@ def test_a_participant_is_evaluated_when_they_finish(rules_app):
     person = Participant(rules_app.test_client())
     person.ready()
     person.answer(0, True, "dog")
+    row = participant_row(rules_app, person.pid)
+    assert row.excluded is None
+    # excluded by hand, then back to the rules: still not evaluated
+    with store_of(rules_app).write() as conn:
+        assert set_manual(conn, row.id, "exclude", "bot", "alice")["excluded"] is True
+        assert set_manual(conn, row.id, None, "", "alice")["excluded"] is None
     assert participant_row(rules_app, person.pid).excluded is None
 
 
@@ -375,3 +381,41 @@ def test_table2_drops_the_excluded_and_says_why(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "k" / "table2.csv")
     assert table.loc[0, "n_judgments"] == 4 and table.loc[0, "pct_yes"] == 50
     capsys.readouterr()
+
+
+def test_a_store_from_schema_version_6_gains_the_exclusion_columns(db_url):
+    """A version-6 store (no exclusion columns, no prolific_files) is migrated on start;
+    its participants are not evaluated yet (excluded NULL)."""
+    from sqlalchemy import inspect as inspect_db
+
+    from server.store import (
+        ADMIN_ACTION_COLUMNS,
+        PANEL_EXPECTED_COLUMNS,
+        PARTICIPANT_EXCLUSION_COLUMNS,
+        SCHEMA_VERSION,
+        STUDY_EXCLUSION_COLUMNS,
+        Store,
+        meta,
+        metadata,
+    )
+
+    store = Store(db_url)
+    dropped = {"study": STUDY_EXCLUSION_COLUMNS, "panels": PANEL_EXPECTED_COLUMNS,
+               "participants": PARTICIPANT_EXCLUSION_COLUMNS,
+               "admin_actions": ADMIN_ACTION_COLUMNS}
+    with store.write() as conn:
+        metadata.create_all(conn)
+        conn.exec_driver_sql("DROP TABLE prolific_files")
+        for table, columns in dropped.items():
+            for column in columns:
+                conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+        conn.execute(meta.insert().values(key="schema_version", value="6"))
+    assert store.migrate() == 6
+    found = inspect_db(store.engine)
+    for table, columns in dropped.items():
+        assert set(columns) <= {c["name"] for c in found.get_columns(table)}, table
+    assert found.has_table("prolific_files")
+    with store.read() as conn:
+        assert conn.execute(select(meta.c.value)).scalar() == str(SCHEMA_VERSION)
+    assert store.migrate() == SCHEMA_VERSION
+    store.dispose()
