@@ -16,8 +16,15 @@ never imports torch, and each stage can be rerun by hand):
    and cached on first use);
 4. ``practice``: six practice panels of real photos (``--photos``, else those of the
    optional data folder, docs/data.md; real digits where there are none);
-5. ``design``: the lists and participant targets (``study.json``);
-6. ``load``: the study into the SQLite store of ``OUT/instance`` (a changed design
+5. ``catch``: catch panels of real digits (docs/study-design.md, "Catch trials"): four of
+   one digit each (expected yes) and four of every digit ten times (expected no). Digits
+   whatever the practice shows: the study's AM panels show digits, and a catch trial
+   asks what they ask of a looking participant (the simulated raters, too, know digits
+   only: a panel of dog photos is a no to them);
+6. ``design``: the lists and participant targets, ``--catch`` (4) catch trials in every
+   list and the pre-registered exclusion rules (``experiment/exclusion_rules.toml``,
+   ``--exclusion-rules``) in ``study.json``;
+7. ``load``: the study into the SQLite store of ``OUT/instance`` (a changed design
    replaces the demo store's study, and any answers in it).
 
 Then an admin account gets a new random password (printed), and gunicorn serves the
@@ -31,16 +38,25 @@ stages keep every finished unit). So a second run starts serving in seconds.
 ``--simulate N``: the study is loaded into a fresh store (``OUT/simulation/``) and
 served on a free port; N simulated participants take it over HTTP
 (:mod:`experiment.simulate`), answering from what an independent classifier sees in each
-panel (:mod:`generator.rater`); the store is checked, the data exported
-(``python -m server export``) and Table 2 computed (``analysis/table2.py``) and printed.
+panel (:mod:`generator.rater`), except a share of inattentive ones (``--inattentive``,
+default 0.2) who answer at random and fast; the store is checked, the data exported
+(``python -m server export``, which applies the exclusion rules) and Table 2 computed
+(``analysis/table2.py``) and printed. Then the exclusion is held against the
+simulation's truth (``simulation/truth.csv``, who was inattentive): who the rules
+excluded and kept, and Table 2 three ways, of every participant, after exclusion, and
+of the attentive ones alone (the truth), with each one's distance from the truth
+(:func:`exclusion_report`; written to ``simulation/exclusion.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
+import io
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -58,13 +74,18 @@ from common import data
 from common.data import imagenet_photos
 from common.files import atomic_write_text
 
-__all__ = ["Stage", "StageFailed", "DemoConfig", "run_stages", "demo_stages", "main"]
+__all__ = ["Stage", "StageFailed", "DemoConfig", "run_stages", "demo_stages", "simulate",
+           "exclusion_report", "ExclusionReport", "DEFAULT_RULES", "main"]
 
 log = logging.getLogger("experiment.demo")  # the same name under python -m
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("conv5", "fc6", "fc8")
 ADMIN_USER = "admin"
+#: The demo's pre-registered exclusion rules.
+DEFAULT_RULES = ROOT / "experiment" / "exclusion_rules.toml"
+#: The side of the demo's AM images (generator.ppgn's digits): catch panels match them.
+DIGIT_CELL = 32
 
 
 # -- stages and their cache ------------------------------------------------------------------
@@ -187,6 +208,8 @@ class DemoConfig:
     lists: int = 10
     participants: int = 50
     photos: Path | None = None  # None: common.data.imagenet_photos(), else real digits
+    catch: int = 4  # catch trials in every list (0: none)
+    exclusion_rules: Path | None = DEFAULT_RULES  # the pre-registered rules (None: none)
     seed: int = 0
 
     @property
@@ -205,6 +228,7 @@ def demo_stages(cfg: DemoConfig) -> list[Stage]:
     figures = out / "figures"
     am = out / "am"
     practice = out / "practice"
+    catch = out / "catch"
     study = out / "study" / "study.json"
     stages = [
         Stage("record", "record the demo network's activations over the digits",
@@ -263,14 +287,36 @@ def demo_stages(cfg: DemoConfig) -> list[Stage]:
               [_py("-m", "generator.panels", "practice", *source, "--seed", str(cfg.seed),
                    "--out", str(practice))],
               [practice / "practice.csv"], clean=[practice]),
-        Stage("design", f"the study design ({cfg.lists} lists, {cfg.participants} "
-              "participants)",
+    ]
+    design_args: list[str] = []
+    design_inputs = [*(am / f"manifest_{layer}.csv" for layer in LAYERS),
+                     practice / "practice.csv"]
+    what = [f"{cfg.lists} lists", f"{cfg.participants} participants"]
+    if cfg.catch:
+        # a list takes ceil(K / 2) of a kind, each file once: make at least that many
+        per_kind = max(4, math.ceil(cfg.catch / 2))
+        stages.append(Stage(
+            "catch", f"catch panels of real digits ({per_kind} of one digit each, {per_kind} "
+            "of every digit)",
+            [_py("-m", "generator.panels", "catch", "--digits", "--cell", str(DIGIT_CELL),
+                 "--positive", str(per_kind), "--negative", str(per_kind),
+                 "--seed", str(cfg.seed), "--avoid", str(practice / "practice_contents.csv"),
+                 "--out", str(catch))],
+            [catch / "catch.csv"], [practice / "practice_contents.csv"], clean=[catch]))
+        design_args += ["--catch", str(cfg.catch), "--catch-panels", str(catch / "catch.csv")]
+        design_inputs.append(catch / "catch.csv")
+        what.append(f"{cfg.catch} catch trials a list")
+    if cfg.exclusion_rules is not None:
+        design_args += ["--exclusion-rules", str(cfg.exclusion_rules)]
+        design_inputs.append(cfg.exclusion_rules)
+        what.append(f"the exclusion rules of {_shown(cfg.exclusion_rules)}")
+    stages += [
+        Stage("design", f"the study design ({', '.join(what)})",
               [_py("-m", "experiment.design", "--panels", str(am / "manifest.csv"),
                    "--practice", str(practice / "practice.csv"), "--lists", str(cfg.lists),
-                   "--participants", str(cfg.participants), "--seed", str(cfg.seed),
-                   "--out", str(study))],
-              [study], [*(am / f"manifest_{layer}.csv" for layer in LAYERS),
-                        practice / "practice.csv"]),
+                   "--participants", str(cfg.participants), *design_args,
+                   "--seed", str(cfg.seed), "--out", str(study))],
+              [study], design_inputs),
         Stage("load", "load the study into the SQLite store",
               [_py("-m", "server", "load-study", str(study), "--completion-code", "DEMO0000",
                    "--discard-data")],
@@ -278,6 +324,14 @@ def demo_stages(cfg: DemoConfig) -> list[Stage]:
               env={"FLASK_INSTANCE_PATH": str(cfg.instance.resolve())}),
     ]
     return stages
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the project where it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 # -- serving ---------------------------------------------------------------------------------
@@ -372,8 +426,10 @@ def banner(port: int, password: str) -> str:
 # -- simulated participants, export, Table 2 -------------------------------------------------
 
 def simulate(cfg: DemoConfig, participants: int, *, concurrency: int = 10,
-             port: int | None = None, out=None) -> Path:
-    """Simulated participants on a fresh copy of the study; returns Table 2's Markdown."""
+             port: int | None = None, out=None, inattentive: float = 0.2) -> Path:
+    """Simulated participants on a fresh copy of the study, ``inattentive`` of them (a
+    share) answering at random and fast; returns Table 2's Markdown (after exclusion).
+    Also writes ``simulation/exclusion.md`` (:func:`exclusion_report`)."""
     out = out or sys.stdout
     sim = cfg.out / "simulation"
     _remove(sim)
@@ -388,26 +444,239 @@ def simulate(cfg: DemoConfig, participants: int, *, concurrency: int = 10,
     # Every simulated participant comes from 127.0.0.1: no per-address entry limit here.
     (instance / "config.py").write_text("ENTRY_MAX_PER_ADDRESS = None\n")
     port = port or free_port()
+    truth = sim / "truth.csv"
+    careless = round(inattentive * participants)
     print(f"serving it at http://127.0.0.1:{port} ...", file=out, flush=True)
     with gunicorn(instance, port, log_file=sim / "server.log"):
-        _run_steps([(f"{participants} simulated participants rate the panels with an "
-                     "independent classifier",
+        _run_steps([(f"{participants} simulated participants rate the panels: "
+                     f"{participants - careless} look with an independent classifier, "
+                     f"{careless} answer at random and fast",
                      _py("-m", "experiment.simulate", "--url", f"http://127.0.0.1:{port}",
                          "--participants", str(participants), "--concurrency",
                          str(concurrency), "--think-ms", "0", "--seed", str(cfg.seed),
+                         "--inattentive", f"{inattentive:g}", "--truth", str(truth),
                          "--rater", "generator.rater:demo_rater", "--check-store",
                          f"sqlite:///{(instance / 'study.db').resolve()}",
                          "--json", str(sim / "simulation.json")))], env, out)
+    export = sim / "export"
     table2 = sim / "table2"
+
+    def table2_command(responses: Path, folder: Path, *extra: str) -> list[str]:
+        return _py(str(ROOT / "analysis" / "table2.py"), "--responses", str(responses),
+                   "--participants", str(export / "participants.csv"), "--selectivity",
+                   str(cfg.out / "selectivity.csv"), "--classes", "digits",
+                   "--out", str(folder), *extra)
+
     # what these print goes to their logs: Table 2 is printed once, by the caller
+    _run_steps([("export the data", _py("-m", "server", "export", "--out", str(export)))],
+               env, out, log_dir=sim)
+    attentive = attentive_responses(export / "responses.csv", truth,
+                                    sim / "attentive" / "responses.csv")
     _run_steps([
-        ("export the data", _py("-m", "server", "export", "--out", str(sim / "export"))),
-        ("Table 2", _py(str(ROOT / "analysis" / "table2.py"), "--responses",
-                        str(sim / "export" / "responses.csv"), "--selectivity",
-                        str(cfg.out / "selectivity.csv"), "--classes", "digits",
-                        "--out", str(table2))),
+        ("Table 2", table2_command(export / "responses.csv", table2)),
+        ("Table 2 of every participant",
+         table2_command(export / "responses.csv", sim / "table2_all", "--keep-excluded",
+                        "--no-extras")),
+        ("Table 2 of the attentive participants (the truth)",
+         table2_command(attentive, sim / "table2_attentive", "--keep-excluded",
+                        "--no-extras")),
     ], env, out, log_dir=sim)
+    report = exclusion_report(export / "participants.csv", truth,
+                              {"all": sim / "table2_all" / "table2.csv",
+                               "after": table2 / "table2.csv",
+                               "truth": sim / "table2_attentive" / "table2.csv"},
+                              rules=cfg.exclusion_rules, inattentive=inattentive,
+                              seed=cfg.seed)
+    atomic_write_text(sim / "exclusion.md", report.markdown())
     return table2 / "table2.md"
+
+
+# -- exclusion against the simulation's truth ------------------------------------------------
+
+TRUE = ("true", "1", "yes")
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return list(csv.DictReader(fh))
+
+
+def read_truth(path: Path) -> dict[str, bool]:
+    """``server.simulate --truth``'s file: PROLIFIC_PID -> inattentive."""
+    rows = _read_rows(path)
+    if rows and not {"prolific_pid", "inattentive"} <= set(rows[0]):
+        raise ValueError(f"{path}: expected the columns prolific_pid, inattentive "
+                         "(python -m server.simulate --truth)")
+    return {r["prolific_pid"]: r["inattentive"].strip().lower() in TRUE for r in rows}
+
+
+def attentive_responses(responses: Path, truth: Path, out: Path) -> Path:
+    """``responses.csv`` with the rows of the attentive participants only (by
+    ``prolific_pid``, after ``truth``), every cell as exported; returns ``out``."""
+    careless = {pid for pid, yes in read_truth(truth).items() if yes}
+    with open(responses, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        try:
+            column = header.index("prolific_pid")
+        except ValueError:
+            raise ValueError(f"{responses}: no prolific_pid column (export it with "
+                             "python -m server export)") from None
+        rows = [row for row in reader if row[column] not in careless]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)   # the export's dialect: RFC 4180, CRLF line ends
+    writer.writerow(header)
+    writer.writerows(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, buffer.getvalue())
+    return out
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+#: The three Table 2s the report holds against each other, and their names in it.
+WAYS = {"all": "every participant", "after": "after exclusion",
+        "truth": "attentive only (truth)"}
+
+
+@dataclass
+class ExclusionReport:
+    """The rules' verdicts held against who was inattentive, and Table 2 three ways.
+
+    ``confusion[group][verdict]``: completed participants by ``group`` ("inattentive",
+    "attentive") and ``verdict`` ("excluded", "kept"); ``unfinished`` those the rules did
+    not judge (not completed), by group; ``fired[rule][group]``: how many of a group each
+    rule excluded; ``tables[way][layer]``: Table 2's ``pct_yes`` and ``pct_units_yes80``
+    for ``way`` in :data:`WAYS`."""
+
+    confusion: dict[str, dict[str, int]]
+    unfinished: dict[str, int]
+    fired: dict[str, dict[str, int]]
+    tables: dict[str, dict[str, dict[str, float]]]
+    rules: list[str] = field(default_factory=list)
+    rules_file: str = ""
+    inattentive_share: float = 0.0
+    seed: int = 0
+
+    def rate(self, group: str) -> float:
+        """The share of a group's completed participants that the rules excluded."""
+        row = self.confusion[group]
+        n = row["excluded"] + row["kept"]
+        return row["excluded"] / n if n else math.nan
+
+    @property
+    def layers(self) -> list[str]:
+        seen: list[str] = []
+        for table in self.tables.values():
+            seen += [layer for layer in table if layer not in seen]
+        return seen
+
+    def distance(self, way: str, column: str = "pct_yes") -> float:
+        """Mean absolute difference from the truth over the layers, in percentage points."""
+        diffs = [abs(self.tables[way][layer][column] - self.tables["truth"][layer][column])
+                 for layer in self.layers
+                 if layer in self.tables[way] and layer in self.tables["truth"]]
+        diffs = [d for d in diffs if not math.isnan(d)]
+        return sum(diffs) / len(diffs) if diffs else math.nan
+
+    def markdown(self) -> str:
+        def pct(x: float) -> str:
+            return "–" if math.isnan(x) else f"{x:.1f}"
+
+        c = self.confusion
+        n = {g: c[g]["excluded"] + c[g]["kept"] for g in c}
+        lines = [
+            "# Exclusion in the simulated study", "",
+            f"Simulated participants, {self.inattentive_share:.0%} of them inattentive (drawn "
+            f"with seed {self.seed}): yes or no at random, in 250-700 ms. The rules "
+            f"(pre-registered{self.rules_file and ' in ' + self.rules_file}, put into "
+            "study.json): " + ("; ".join(self.rules) or "none") + ".", "",
+            "## Who the rules excluded", "",
+            "Completed participants (the rules judge those who finished; "
+            f"{self.unfinished['inattentive']} inattentive and "
+            f"{self.unfinished['attentive']} attentive did not finish).", "",
+            "| truth | excluded | kept | total | excluded % |",
+            "|---|---|---|---|---|",
+        ]
+        for group in ("inattentive", "attentive"):
+            lines.append(f"| {group} | {c[group]['excluded']} | {c[group]['kept']} | "
+                         f"{n[group]} | {pct(100 * self.rate(group))} |")
+        lines += ["", f"The rules caught {pct(100 * self.rate('inattentive'))}% of the "
+                  f"inattentive ({c['inattentive']['excluded']} of {n['inattentive']}) and "
+                  f"excluded {pct(100 * self.rate('attentive'))}% of the attentive "
+                  f"({c['attentive']['excluded']} of {n['attentive']}).", ""]
+        if self.fired:
+            lines += ["| rule | inattentive excluded by it | attentive excluded by it |",
+                      "|---|---|---|"]
+            lines += [f"| {rule} | {by.get('inattentive', 0)} | {by.get('attentive', 0)} |"
+                      for rule, by in self.fired.items()]
+            lines += ["", "(A participant may fail several rules.)", ""]
+        ways = list(WAYS)
+        lines += ["## Table 2 three ways", "",
+                  "Of every participant who finished, after exclusion (the rules' verdicts), "
+                  "and of the attentive participants alone (the truth, whatever the rules "
+                  "said). Distance from the truth: the mean absolute difference over the "
+                  "layers, in percentage points.", ""]
+        for column, title in (("pct_yes", "% yes (of judgments)"),
+                              ("pct_units_yes80", "% units with ≥80% yes")):
+            lines += [f"| {title} | " + " | ".join(WAYS[w] for w in ways) + " |",
+                      "|---|" + "---|" * len(ways)]
+            for layer in self.layers:
+                lines.append(f"| {layer} | " + " | ".join(
+                    pct(self.tables[w].get(layer, {}).get(column, math.nan))
+                    for w in ways) + " |")
+            lines += ["| distance from the truth | " + " | ".join(
+                pct(self.distance(w, column)) if w != "truth" else "–" for w in ways) + " |",
+                ""]
+        return "\n".join(lines) + "\n"
+
+
+def exclusion_report(participants: Path, truth: Path, tables: Mapping[str, Path], *,
+                     rules: Path | None = None, inattentive: float = 0.0,
+                     seed: int = 0) -> ExclusionReport:
+    """The export's ``participants.csv`` (``excluded``, ``exclusion_reasons``) joined
+    with the simulation's ``truth`` on ``prolific_pid``, and the three Table 2s
+    (``tables``: a ``table2.csv`` for each of :data:`WAYS`)."""
+    careless = read_truth(truth)
+    confusion = {g: {"excluded": 0, "kept": 0} for g in ("inattentive", "attentive")}
+    unfinished = {"inattentive": 0, "attentive": 0}
+    fired: dict[str, dict[str, int]] = {}
+    rows = _read_rows(participants)
+    if rows and "excluded" not in rows[0]:
+        raise ValueError(f"{participants}: no 'excluded' column (an export from before the "
+                         "exclusion rules: export again with python -m server export)")
+    for row in rows:
+        pid = row["prolific_pid"]
+        if pid not in careless:
+            raise ValueError(f"{participants}: participant {pid} is not in {truth}: "
+                             "the export and the truth file come from different runs")
+        group = "inattentive" if careless[pid] else "attentive"
+        verdict = row["excluded"].strip().lower()
+        if verdict == "":
+            unfinished[group] += 1
+            continue
+        excluded = verdict in TRUE
+        confusion[group]["excluded" if excluded else "kept"] += 1
+        if excluded:
+            for rule in filter(None, row.get("exclusion_reasons", "").split(";")):
+                fired.setdefault(rule, {}).setdefault(group, 0)
+                fired[rule][group] += 1
+    read = {way: {r["layer"]: {"pct_yes": _number(r.get("pct_yes")),
+                               "pct_units_yes80": _number(r.get("pct_units_yes80"))}
+                  for r in _read_rows(path)}
+            for way, path in tables.items()}
+    described: list[str] = []
+    if rules is not None:
+        from analysis.exclusion import read_rules
+
+        described = read_rules(rules).describe()
+    return ExclusionReport(confusion, unfinished, fired, read, described,
+                           _shown(rules) if rules is not None else "", inattentive, seed)
 
 
 def _run_steps(steps: Iterable[tuple[str, list[str]]], env: Mapping[str, str], out, *,
@@ -442,9 +711,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         epilog="Reduced size (what tests/test_demo_study.py runs): --units 10 "
                "--images-per-unit 16 --fc-steps 30 --conv-steps 300 --lists 2 "
                "--participants 10 --simulate 12. Outputs: OUT/digits.h5, selectivity.csv, "
-               "tables/, figures/, am/ (panels and manifest), practice/, study/study.json, "
-               "instance/ (the SQLite store), simulation/ (with --simulate), .stages/ "
-               "(stamps and each stage's log).")
+               "tables/, figures/, am/ (panels and manifest), practice/, catch/, "
+               "study/study.json, instance/ (the SQLite store), simulation/ (with "
+               "--simulate: export/, truth.csv, table2/ after exclusion, table2_all/, "
+               "table2_attentive/, exclusion.md), .stages/ (stamps and each stage's log).")
     parser.add_argument("--out", type=Path, default=Path("out/demo"),
                         help="output folder (default %(default)s)")
     parser.add_argument("--port", type=int, default=None,
@@ -454,6 +724,19 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                              "exported and Table 2 printed (no serving afterwards)")
     parser.add_argument("--concurrency", type=int, default=10,
                         help="simulated participants at once (default %(default)s)")
+    parser.add_argument("--inattentive", type=float, default=0.2, metavar="FRACTION",
+                        help="with --simulate: the share of simulated participants who answer "
+                             "at random and fast (default %(default)s); the exclusion is then "
+                             "held against who they were (simulation/exclusion.md)")
+    parser.add_argument("--catch", type=int, default=4, metavar="K",
+                        help="catch trials in every list, of real digits (default "
+                             "%(default)s; 0: none)")
+    parser.add_argument("--exclusion-rules", type=Path, default=DEFAULT_RULES,
+                        metavar="FILE.toml",
+                        help="the pre-registered exclusion rules put into the study "
+                             f"(default {_shown(DEFAULT_RULES)}; docs/exclusion.md)")
+    parser.add_argument("--no-exclusion-rules", action="store_true",
+                        help="a study without exclusion rules")
     parser.add_argument("--no-serve", action="store_true",
                         help="build the study and stop (no server)")
     parser.add_argument("--photos", type=Path, default=None,
@@ -493,6 +776,18 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         parser.error(f"--photos {args.photos}: no such folder")
     if args.simulate is not None and args.simulate < 1:
         parser.error("--simulate: at least 1 participant")
+    if not 0 <= args.inattentive <= 1:
+        parser.error(f"--inattentive: a share from 0 to 1, got {args.inattentive:g}")
+    if args.catch < 0:
+        parser.error(f"--catch: 0 or more catch trials, got {args.catch}")
+    rules = None if args.no_exclusion_rules else args.exclusion_rules.resolve()
+    if rules is not None:
+        from analysis.exclusion import RuleError, read_rules
+
+        try:
+            read_rules(rules)
+        except RuleError as exc:
+            parser.error(f"--exclusion-rules: {exc}")
     port = args.port or 5000
     serve = not args.no_serve and args.simulate is None
     if serve and not port_is_free(port):
@@ -502,7 +797,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                      conv_steps=args.conv_steps, conv_chain_steps=args.conv_chain_steps,
                      lists=args.lists,
                      participants=args.participants,
-                     photos=args.photos.resolve() if args.photos else None, seed=args.seed)
+                     photos=args.photos.resolve() if args.photos else None,
+                     catch=args.catch, exclusion_rules=rules, seed=args.seed)
     started = time.perf_counter()
     try:
         run_stages(demo_stages(cfg), cfg.out / ".stages")
@@ -514,12 +810,15 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if args.simulate is not None:
         try:
             table2 = simulate(cfg, args.simulate, concurrency=args.concurrency,
-                              port=args.port)
-        except RuntimeError as exc:
+                              port=args.port, inattentive=args.inattentive)
+        except (RuntimeError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(f"\nTable 2 (simulated participants; {table2}):\n")
+        print(f"\nTable 2 (simulated participants, the excluded left out; {table2}):\n")
         print(table2.read_text())
+        report = table2.parent.parent / "exclusion.md"
+        print(f"\n{report}:\n")
+        print(report.read_text())
         print(f"demo with simulation done in {time.perf_counter() - started:.1f} s")
         return 0
     if not serve:

@@ -58,7 +58,8 @@ from .assignment import (
     trial_order,
 )
 from .csrf import check_csrf, csrf_token
-from .store import entry_log, get_store, lists, now, participants
+from .exclusion import study_rules
+from .store import entry_log, get_store, lists, now, panels, participants
 from .study import current_study
 from .validate import scrub
 
@@ -334,7 +335,23 @@ def consent(visit: Visit):
             return redirect(url_for("participant.study"))
         advance(visit, declined=True)
         return render_template("problem_declined.html", preview=visit.preview)
-    return render_template("consent.html", visit=visit, n_main=visit.n_trials - visit.n_practice)
+    return render_template("consent.html", visit=visit, n_main=visit.n_trials - visit.n_practice,
+                           checks=attention_checks())
+
+
+_HAS_CATCH = select(panels.c.id).where(panels.c.catch.is_(True)).limit(1)
+
+
+def attention_checks() -> dict[str, bool]:
+    """What the consent and instructions pages say about attention checks: ``catch``,
+    the study has catch trials; ``reject``, failing them can reject a submission (the
+    study's rules list the catch rule in ``reject_for``; docs/exclusion.md)."""
+    with get_store().read() as conn:
+        catch = conn.execute(_HAS_CATCH).first() is not None
+        rules = study_rules(conn)
+    return {"catch": catch,
+            "reject": catch and rules is not None and "catch" in rules.rules
+            and "catch" in rules.reject_for}
 
 
 @bp.route("/instructions", methods=["GET", "POST"])
@@ -344,7 +361,7 @@ def instructions(visit: Visit):
         check_csrf()
         advance(visit, instructions=True)
         return redirect(url_for("participant.study"))
-    return render_template("instructions.html", visit=visit)
+    return render_template("instructions.html", visit=visit, checks=attention_checks())
 
 
 def _device_problems(info: dict[str, Any]) -> list[str]:

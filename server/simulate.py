@@ -23,10 +23,23 @@ taken once, a repeated answer returns the stored one). A participant gives up af
 ``retry_seconds`` of failures on one request.
 
 **Think time**: before every action (entering, each form, each answer) a participant waits
-an exponential time with mean ``--think-ms`` (default 500 ms; the answer's reaction time is
-that wait). Real participants spend 20-30 s on a panel, so C simulated participants with
-a think time of T seconds send about as many answers per second as C * 25 / T real ones.
-``--think-ms 0`` hammers the server.
+an exponential time with mean ``--think-ms`` (default 500 ms). Real participants spend
+20-30 s on a panel, so C simulated participants with a think time of T seconds send about
+as many answers per second as C * 25 / T real ones. ``--think-ms 0`` hammers the server.
+The think time only paces the simulation: the reaction times an answer reports
+(``rt_answer_ms``, ``rt_text_ms``) are drawn apart, as a person's (:func:`attentive_times`:
+log-normal, each participant with a typical time of their own, median about 2.5 s to the
+yes or no), from a generator of their own seeded by the PROLIFIC_PID, so they are the same
+whatever the think time and the seeded answers are as they were without them.
+
+**Inattentive participants** (``--inattentive FRACTION``, default 0): exactly
+``round(FRACTION * N)`` of the N participants, drawn with the seed, do not look at the
+panels (docs/study-design.md, "Catch trials"; docs/exclusion.md): they answer yes or no at
+random (probability 0.5, the rater is never asked), very fast (``rt_answer_ms`` 250-700
+ms), and with a yes type a short random word or paste the same text again
+(:class:`_Careless`). ``--truth FILE.csv`` writes ``prolific_pid,inattentive``
+(``true``/``false``) for every simulated participant, so a caller can check what the
+study's exclusion rules made of them.
 
 **What the page records**: every answer carries the trial page's interaction fields
 (docs/study-design.md, "What the trial page records"), drawn per participant from their
@@ -81,7 +94,8 @@ import aiohttp
 from common.files import atomic_write_text
 
 __all__ = ["run_simulation", "simulate", "SimulationResult", "NotLoopback", "check_loopback",
-           "random_rater", "tracking_fields", "Rater", "WORDS", "DEFAULT_THINK_MS", "LABELS",
+           "random_rater", "tracking_fields", "attentive_times", "inattentive_pids",
+           "write_truth", "Rater", "WORDS", "DEFAULT_THINK_MS", "LABELS", "INATTENTIVE_RT_MS",
            "percentile", "build_parser", "prepare_cli", "run_cli", "main"]
 
 log = logging.getLogger("server.simulate")  # the same name under python -m
@@ -94,6 +108,11 @@ DEFAULT_KEEPALIVE_S = 1.5
 WORDS = ("dog", "cat", "car", "apple", "beer", "bicycle", "bird", "boat", "bread", "chair",
          "clock", "cup", "fish", "flower", "guitar", "horse", "house", "lamp", "mountain",
          "orange", "pizza", "shoe", "snake", "table", "train", "tree", "umbrella", "beach")
+# Inattentive participants' time from the panel to their yes or no: uniform in this range (ms).
+INATTENTIVE_RT_MS = (250.0, 700.0)
+# What an inattentive participant types after a yes (or pastes, again and again).
+JUNK = ("ok", "yes", "idk", "thing", "stuff", "asdf", "x", "dog", "cat", "no idea", "lol",
+        "good", "a", "nice")
 LABELS = ("entry", "study", "page", "consent", "instructions", "device", "state", "response",
           "debrief", "complete", "image")
 STAGES = ("consent", "instructions", "device", "trials", "debrief", "complete")
@@ -166,6 +185,66 @@ def tracking_fields(rng: random.Random, keys: bool, yes: bool,
             "answer_input": usual if rng.random() < 0.9 else other}
 
 
+def attentive_times(pid: str) -> Callable[[bool], tuple[float, float | None]]:
+    """An attentive participant's reported reaction times: a function of whether they said
+    yes giving ``(rt_answer_ms, rt_text_ms or None)``. Each participant has a typical time
+    to the yes or no of their own (log-normal: median 2.5 s, 90% of participants between
+    1.8 and 3.5 s); each trial's time is log-normal around it (sigma 0.5), at least 400 ms;
+    typing the object's name takes about 2.5 s more (log-normal, at least 500 ms). Drawn
+    from a generator seeded by the PID: the same times in every run."""
+    rng = random.Random(f"times {pid}")
+    typical = 2500.0 * rng.lognormvariate(0.0, 0.2)
+
+    def times(yes: bool) -> tuple[float, float | None]:
+        answer = max(400.0, typical * rng.lognormvariate(0.0, 0.5))
+        text = max(500.0, 2500.0 * rng.lognormvariate(0.0, 0.4)) if yes else None
+        return answer, text
+
+    return times
+
+
+class _Careless:
+    """An inattentive participant's answers: yes or no at random (probability 0.5), very
+    fast (:data:`INATTENTIVE_RT_MS`), and after a yes a short word typed in a hurry
+    (:data:`JUNK`, 0.3-1.5 s) or their one pasted text again (a participant pastes on a
+    share of their yes answers drawn between 0.2 and 0.8, in 0.15-0.5 s)."""
+
+    def __init__(self, pid: str):
+        self.rng = random.Random(f"inattentive {pid}")
+        self.pasted_text = self.rng.choice(JUNK)
+        self.paste_rate = self.rng.uniform(0.2, 0.8)
+
+    def answer(self) -> tuple[bool, str | None, float, float | None, bool]:
+        """``(yes, text, rt_answer_ms, rt_text_ms, pasted)``."""
+        rng = self.rng
+        yes = rng.random() < 0.5
+        rt_answer = rng.uniform(*INATTENTIVE_RT_MS)
+        if not yes:
+            return False, None, rt_answer, None, False
+        if rng.random() < self.paste_rate:
+            return True, self.pasted_text, rt_answer, rng.uniform(150.0, 500.0), True
+        return True, rng.choice(JUNK), rt_answer, rng.uniform(300.0, 1500.0), False
+
+
+def inattentive_pids(pids: Sequence[str], fraction: float, seed: int) -> set[str]:
+    """Exactly ``round(fraction * len(pids))`` of ``pids``, drawn with ``seed`` (a generator
+    of its own: the participants' other draws are those of a run without them)."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"inattentive {fraction}: a share between 0 and 1")
+    pids = list(pids)
+    k = round(fraction * len(pids))
+    return set(random.Random(f"inattentive {seed}").sample(pids, k))
+
+
+def write_truth(path: str | Path, pids: Sequence[str], inattentive: set[str]) -> Path:
+    """``prolific_pid,inattentive`` (``true``/``false``) for each of ``pids``, in order."""
+    lines = ["prolific_pid,inattentive"]
+    lines += [f"{pid},{'true' if pid in inattentive else 'false'}" for pid in pids]
+    path = Path(path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
 def random_rater(panel: dict[str, Any], image: bytes | None,
                  rng: random.Random) -> tuple[bool, str | None]:
     """The default rater: yes with probability 0.3, naming a random everyday word."""
@@ -209,6 +288,8 @@ class SimulationResult:
     completion_codes: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     stopped_early: bool = False    # max_seconds ran out
+    pids: list[str] = field(default_factory=list)             # every planned participant
+    inattentive: set[str] = field(default_factory=set)        # those who answer at random
 
     def count(self, outcome: str) -> int:
         return sum(1 for value in self.outcomes.values() if value == outcome)
@@ -228,6 +309,18 @@ class SimulationResult:
     @property
     def failed(self) -> int:
         return self.count("failed")
+
+    def attentiveness(self) -> dict[str, Any]:
+        """How many planned participants were attentive and inattentive, and per group the
+        outcome counts of those who started."""
+        groups: dict[str, Any] = {
+            "attentive": len(self.pids) - len(self.inattentive & set(self.pids)),
+            "inattentive": len(self.inattentive & set(self.pids))}
+        for name, inattentive in (("attentive", False), ("inattentive", True)):
+            outcomes = Counter(outcome for pid, outcome in self.outcomes.items()
+                               if (pid in self.inattentive) == inattentive)
+            groups[f"{name}_outcomes"] = {o: outcomes[o] for o in OUTCOMES if outcomes[o]}
+        return groups
 
     @property
     def requests_per_s(self) -> float:
@@ -263,6 +356,7 @@ class SimulationResult:
             "stopped_early": self.stopped_early, "errors": self.errors,
             "completion_codes": self.completion_codes,
             "participants": self.outcomes,
+            "attentiveness": self.attentiveness(),
             "acknowledged": sorted([pid, index] for pid, index in self.acknowledged),
         }
 
@@ -280,6 +374,15 @@ class SimulationResult:
             f"answer conflicts (409) {self.conflicts}",
             f"answers acknowledged: {len(self.acknowledged)} (201 stored {self.stored_new}, "
             f"200 duplicates {self.duplicates}); sent but unconfirmed {len(self.unconfirmed)}",
+        ]
+        if self.inattentive:
+            groups = self.attentiveness()
+            done = {name: groups[f"{name}_outcomes"].get("completed", 0)
+                    for name in ("attentive", "inattentive")}
+            lines.append(f"inattentive (random, fast answers): {groups['inattentive']} of "
+                         f"{len(self.pids)} planned ({done['inattentive']} completed); "
+                         f"attentive {groups['attentive']} ({done['attentive']} completed)")
+        lines += [
             f"{'endpoint':<13}{'n':>7}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
             "  statuses",
         ]
@@ -367,7 +470,8 @@ class _Simulation:
 class _Participant:
     """One simulated participant: a browser (HTTP client) walking the study."""
 
-    def __init__(self, sim: _Simulation, pid: str, rng: random.Random, arrival: float):
+    def __init__(self, sim: _Simulation, pid: str, rng: random.Random, arrival: float,
+                 inattentive: bool = False):
         self.sim = sim
         self.pid = pid
         self.rng = rng
@@ -378,6 +482,10 @@ class _Participant:
         rng.getrandbits(96)
         self.session_id = session_id_for(pid)
         self.habits = _Habits(pid)
+        # Reported reaction times, or an inattentive participant's whole answers: generators
+        # of their own (seeded by the PID), so ``rng``'s draws are those of a run without.
+        self.times = attentive_times(pid)
+        self.careless = _Careless(pid) if inattentive else None
         self.http: aiohttp.ClientSession | None = None
         self.images: dict[str, bytes] = {}     # this browser's cache
         # Where (as a fraction of the trials) this participant reloads or gives up.
@@ -610,19 +718,30 @@ class _Participant:
                 self.images[src] = reply.body
             image = self.images[src]
         shown_at = time.time() * 1000
-        if self.sim.rater is None:
-            yes, text = random_rater(trial, image, self.rng)
+        if self.careless is not None:
+            # looks at nothing: a coin, a fast click, a word or the same paste again
+            yes, text, rt_answer, rt_text, pasted = self.careless.answer()
+            await self.think(self.sim.think_ms / 4)
+            if yes:
+                await self.think(self.sim.think_ms / 8)
+            fields = {**self.habits.fields(yes, rt_answer + (rt_text or 0)), "pasted": pasted}
         else:
-            yes, text = await asyncio.to_thread(self.sim.rater, trial, image, self.rng)
-        rt_answer = await self.think()
-        rt_text = await self.think(self.sim.think_ms / 2) if yes else None
+            if self.sim.rater is None:
+                yes, text = random_rater(trial, image, self.rng)
+            else:
+                yes, text = await asyncio.to_thread(self.sim.rater, trial, image, self.rng)
+            yes = bool(yes)
+            await self.think()                       # paces the run; the times are drawn
+            if yes:
+                await self.think(self.sim.think_ms / 2)
+            rt_answer, rt_text = self.times(yes)
+            fields = self.habits.fields(yes, rt_answer + (rt_text or 0))
         key = (self.pid, int(trial["index"]))
         body = {"trial_index": trial["index"], "panel_id": trial["panel_id"],
-                "answer_yes": bool(yes), "object_text": text if yes else None,
+                "answer_yes": yes, "object_text": text if yes else None,
                 "rt_answer_ms": round(rt_answer),
                 "rt_text_ms": round(rt_text) if rt_text is not None else None,
-                "shown_at": shown_at, "client_answered_at": time.time() * 1000,
-                **self.habits.fields(bool(yes), rt_answer + (rt_text or 0))}
+                "shown_at": shown_at, "client_answered_at": time.time() * 1000, **fields}
         self.sim.result.unconfirmed.add(key)
         reply = await self.request("POST", self.url("api/responses"), "response", json=body,
                                    headers={"X-CSRF-Token": csrf})
@@ -684,12 +803,14 @@ async def simulate(url: str, participants: int, concurrency: int, *, seed: int =
                    pids: Sequence[str] | None = None, timeout_s: float = 30.0,
                    retry_seconds: float = 60.0, study_id: str | None = None,
                    ramp_seconds: float = 0.0, progress: bool = False,
-                   keepalive_s: float = DEFAULT_KEEPALIVE_S) -> SimulationResult:
+                   keepalive_s: float = DEFAULT_KEEPALIVE_S,
+                   inattentive: float = 0.0) -> SimulationResult:
     """The coroutine behind :func:`run_simulation` (same arguments)."""
     base = check_loopback(url)
     if participants < 0 or concurrency < 1:
         raise ValueError("participants must be >= 0 and concurrency >= 1")
-    for name, rate in (("reload_rate", reload_rate), ("abandon_rate", abandon_rate)):
+    for name, rate in (("reload_rate", reload_rate), ("abandon_rate", abandon_rate),
+                       ("inattentive", inattentive)):
         if not 0 <= rate <= 1:
             raise ValueError(f"{name} {rate}: must be between 0 and 1")
     master = random.Random(seed)
@@ -699,7 +820,8 @@ async def simulate(url: str, participants: int, concurrency: int, *, seed: int =
         pids = list(pids)
         participants = len(pids)
     result = SimulationResult(url=base, requested=participants, concurrency=concurrency,
-                              think_ms=think_ms)
+                              think_ms=think_ms, pids=list(pids),
+                              inattentive=inattentive_pids(pids, inattentive, seed))
     began = time.monotonic()
     sim = _Simulation(base, result, think_ms=think_ms, reload_rate=reload_rate,
                       abandon_rate=abandon_rate,
@@ -735,7 +857,8 @@ async def simulate(url: str, participants: int, concurrency: int, *, seed: int =
                 result.stopped_early = True
                 break
             result.started += 1
-            tasks.append(asyncio.create_task(one(_Participant(sim, pid, rng, arrival))))
+            tasks.append(asyncio.create_task(one(_Participant(
+                sim, pid, rng, arrival, inattentive=pid in result.inattentive))))
         await asyncio.gather(*tasks)
     finally:
         reporter.cancel()
@@ -753,7 +876,8 @@ def run_simulation(url: str, participants: int, concurrency: int, *, seed: int =
                    pids: Sequence[str] | None = None, timeout_s: float = 30.0,
                    retry_seconds: float = 60.0, study_id: str | None = None,
                    ramp_seconds: float = 0.0, progress: bool = False,
-                   keepalive_s: float = DEFAULT_KEEPALIVE_S) -> SimulationResult:
+                   keepalive_s: float = DEFAULT_KEEPALIVE_S,
+                   inattentive: float = 0.0) -> SimulationResult:
     """Drive ``participants`` simulated participants (at most ``concurrency`` at a time)
     through the study at ``url`` (a loopback server; NotLoopback otherwise).
 
@@ -776,6 +900,9 @@ def run_simulation(url: str, participants: int, concurrency: int, *, seed: int =
       the start (then think before entering), as they do after a study is published.
     - ``keepalive_s``: how long each browser keeps an idle connection; keep it below the
       server's keep-alive (gunicorn's ``--keep-alive``, 2 s by default).
+    - ``inattentive``: the share of the participants who answer at random and fast
+      (exactly ``round(inattentive * N)``, drawn with ``seed``; module docstring); the
+      result's ``inattentive`` holds their PIDs, ``pids`` every planned participant's.
 
     Runs its own event loop (call from a thread when one is running already)."""
     return asyncio.run(simulate(
@@ -783,7 +910,7 @@ def run_simulation(url: str, participants: int, concurrency: int, *, seed: int =
         reload_rate=reload_rate, abandon_rate=abandon_rate, max_seconds=max_seconds,
         rater=rater, fetch_images=fetch_images, pids=pids, timeout_s=timeout_s,
         retry_seconds=retry_seconds, study_id=study_id, ramp_seconds=ramp_seconds,
-        progress=progress, keepalive_s=keepalive_s))
+        progress=progress, keepalive_s=keepalive_s, inattentive=inattentive))
 
 
 def _progress_bar(total: int):
@@ -842,6 +969,14 @@ def build_parser(prog: str = "python -m server.simulate") -> argparse.ArgumentPa
     parser.add_argument("--ramp-seconds", type=float, default=0.0,
                         help="spread the participants' arrivals uniformly over this many "
                              "seconds (default 0: all at once, after a think time)")
+    parser.add_argument("--inattentive", type=float, default=0.0, metavar="FRACTION",
+                        help="share of the participants who do not look at the panels: "
+                             "yes or no at random, answered in 250-700 ms, a junk word or "
+                             "the same pasted text after a yes (exactly round(FRACTION * N), "
+                             "drawn with --seed; default 0)")
+    parser.add_argument("--truth", type=Path, default=None, metavar="FILE.csv",
+                        help="write prolific_pid,inattentive (true/false) for every simulated "
+                             "participant")
     parser.add_argument("--fetch-images", action="store_true",
                         help="fetch each trial's panel image, as a browser does")
     parser.add_argument("--timeout", type=float, default=30.0,
@@ -868,6 +1003,8 @@ def prepare_cli(args: argparse.Namespace) -> None:
     check_loopback(args.url)
     if args.participants < 0 or args.concurrency < 1:
         raise ValueError("--participants must be >= 0 and --concurrency >= 1")
+    if not 0 <= getattr(args, "inattentive", 0.0) <= 1:
+        raise ValueError(f"--inattentive {args.inattentive:g}: a share between 0 and 1")
 
 
 def run_cli(args: argparse.Namespace, rater: Rater | None = None) -> int:
@@ -885,8 +1022,11 @@ def run_cli(args: argparse.Namespace, rater: Rater | None = None) -> int:
         max_seconds=args.max_seconds, rater=rater,
         fetch_images=args.fetch_images or rater is not None, timeout_s=args.timeout,
         retry_seconds=args.retry_seconds, ramp_seconds=args.ramp_seconds,
-        progress=not args.quiet and sys.stderr.isatty())
+        progress=not args.quiet and sys.stderr.isatty(), inattentive=args.inattentive)
     print(result.report())
+    if args.truth:
+        write_truth(args.truth, result.pids, result.inattentive)
+        print(f"who was inattentive written to {args.truth}")
     if args.json:
         atomic_write_text(args.json, json.dumps(result.summary(), indent=1))
         print(f"report written to {args.json}")

@@ -1,5 +1,6 @@
 """The demo study end to end (experiment/demo.py): the stage cache, the practice panels,
-and the whole pipeline at reduced size, simulated participants and Table 2 included."""
+and the whole pipeline at reduced size, simulated participants (some inattentive), the
+exclusion rules and Table 2 included."""
 
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ from system_deps import SHARED_PHOTOS
 
 from common.files import FILE_MODE
 from experiment.demo import (
+    DEFAULT_RULES,
     DemoConfig,
     Stage,
     StageFailed,
     demo_stages,
+    exclusion_report,
     free_port,
     main,
     participant_link,
@@ -105,7 +108,22 @@ def test_a_stage_says_what_it_does_on_first_use_only_when_it_runs(tmp_path):
 def test_the_demo_has_every_stage_of_the_pipeline(tmp_path):
     names = [s.name for s in demo_stages(DemoConfig(out=tmp_path))]
     assert names == ["record", "selectivity", "tables", "figures", "panels-fc8", "panels-fc6",
-                     "panels-conv5", "practice", "design", "load"]
+                     "panels-conv5", "practice", "catch", "design", "load"]
+    design = next(s for s in demo_stages(DemoConfig(out=tmp_path)) if s.name == "design")
+    command = design.commands[0]
+    assert command[command.index("--catch") + 1] == "4"
+    assert command[command.index("--catch-panels") + 1] == str(tmp_path / "catch" / "catch.csv")
+    assert command[command.index("--exclusion-rules") + 1] == str(DEFAULT_RULES)
+    assert DEFAULT_RULES in design.inputs   # a changed rules file designs the study again
+    # catch panels of real digits, whatever the practice shows: the demo's panels are digits
+    catch = next(s for s in demo_stages(DemoConfig(out=tmp_path, photos=tmp_path))
+                 if s.name == "catch")
+    assert "--digits" in catch.commands[0] and "--photos" not in catch.commands[0]
+    # without catch trials or rules, neither is asked for
+    bare = demo_stages(DemoConfig(out=tmp_path, catch=0, exclusion_rules=None))
+    assert "catch" not in [s.name for s in bare]
+    command = next(s for s in bare if s.name == "design").commands[0]
+    assert "--catch" not in command and "--exclusion-rules" not in command
 
 
 # -- serving -------------------------------------------------------------------------------
@@ -229,6 +247,11 @@ def test_the_demo_end_to_end_at_reduced_size(tmp_path, capfd):
     assert len(set(fc6)) == 5 and set(fc6) <= set(range(10)) and fc6 != list(range(5))
     study = json.loads((out / "study" / "study.json").read_text())
     assert len(study["panels"]) == 25 and len(study["practice"]) == 6
+    # four catch trials a list, of real digits, and the pre-registered rules
+    assert study["catch_trials"] == 4 and len(study["catch_panels"]) == 2 * 4
+    assert sorted(e["catch_expected"] for e in study["catch_panels"].values()) == \
+        ["no"] * 4 + ["yes"] * 4
+    assert set(study["exclusion_rules"]["rules"]) == {"catch", "fast", "same_answer"}
     # every output of the pipeline has one file mode (the store, with its secret key, and
     # the participants' data are the server's, kept private)
     umask = os.umask(0)
@@ -245,6 +268,22 @@ def test_the_demo_end_to_end_at_reduced_size(tmp_path, capfd):
     main_trials = responses[~responses["practice"].astype(bool)]
     assert len(main_trials) >= 9 * 12  # most of the 10 places, 12 or 13 panels each
 
+    # Some simulated participants were inattentive (20%: 2 of 12); the rules excluded
+    # every one who finished and kept the attentive (the classifier rater answers the
+    # catch panels of real digits right; a lapse may cost one of them a catch trial)
+    sim = out / "simulation"
+    truth = pd.read_csv(sim / "truth.csv")
+    assert len(truth) == 12 and truth["inattentive"].sum() == 2
+    report = exclusion_report(sim / "export" / "participants.csv", sim / "truth.csv",
+                              {"all": sim / "table2_all" / "table2.csv",
+                               "after": sim / "table2" / "table2.csv",
+                               "truth": sim / "table2_attentive" / "table2.csv"})
+    assert report.confusion["inattentive"]["kept"] == 0, report.confusion
+    assert report.confusion["attentive"]["excluded"] <= 1, report.confusion
+    assert report.distance("after") <= report.distance("all")
+    assert "# Exclusion in the simulated study" in printed
+    assert (sim / "exclusion.md").read_text() in printed
+
     # Table 2 was printed, and it shows the paper's contrast: fc8 panels are judged
     # interpretable far more often than conv5 and fc6 panels
     assert "# Table 2" in printed and "| fc8 |" in printed
@@ -258,7 +297,7 @@ def test_the_demo_end_to_end_at_reduced_size(tmp_path, capfd):
     again = subprocess.run([SELECTIVITY, "demo", "--out", str(out), *REDUCED, "--no-serve"],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count(": cached") == 10
+    assert again.stdout.count(": cached") == 11
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (out / ".stages").glob("*.json")}
 
     # served as `make demo` serves it: the printed password opens the dashboard, and the
@@ -266,7 +305,7 @@ def test_the_demo_end_to_end_at_reduced_size(tmp_path, capfd):
     port = free_port()
     served, text = serve_demo(out, port)
     try:
-        assert text.count(": cached") == 10
+        assert text.count(": cached") == 11
         base = re.search(r"dashboard: +(http://127\.0\.0\.1:\d+)/admin/", text).group(1)
         password = re.search(r"password: (\S+)", text).group(1)
         assert log_in(base, "admin", password) == 200

@@ -419,3 +419,33 @@ def test_a_store_from_schema_version_6_gains_the_exclusion_columns(db_url):
         assert conn.execute(select(meta.c.value)).scalar() == str(SCHEMA_VERSION)
     assert store.migrate() == SCHEMA_VERSION
     store.dispose()
+
+
+@pytest.mark.parametrize("catch, rules, says", [
+    (False, None, "no checks"),
+    (True, None, "checks"),
+    (True, {"rules": {"catch": {"max_failed": 0}}}, "checks, rejection"),
+    (True, {"reject_for": [], "rules": {"catch": {"max_failed": 0}}}, "checks"),
+])
+def test_consent_and_instructions_say_what_the_study_checks(tmp_path, catch, rules, says):
+    """The pages speak of attention checks only where the study has catch trials, and of
+    rejection only where failing them rejects a submission (reject_for)."""
+    if catch:
+        design = rules_design(tmp_path / "d", rules)
+    else:
+        from server_world import make_design
+        design = make_design(tmp_path / "d", {"fc8": 3}, 1, 1)
+    app = study_app(f"sqlite:///{tmp_path / 's.db'}", tmp_path / "instance", design, "D1",
+                    TESTING=True)
+    try:
+        person = Participant(app.test_client())
+        person.enter()
+        consent = person.client.get("/consent").get_data(as_text=True)
+        person.consent()
+        instructions = person.client.get("/instructions").get_data(as_text=True)
+    finally:
+        store_of(app).dispose()
+    assert ("paying attention" in consent) == catch
+    assert ("rejected" in consent) == ("rejection" in says)
+    assert ("real pictures" in instructions) == catch
+    assert ("There are no right or wrong answers" in instructions) == (not catch)
