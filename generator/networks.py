@@ -72,8 +72,10 @@ class TappedNet(nn.Module):
 
     ``steps``: (name, module) in order; ``taps``: tap name -> the step after
     which it is read. Parameters keep the step names (``conv1.weight``), which
-    are also the Caffe layer names.
+    are also the Caffe layer names. ``output_tap``: the logits' tap (predictions).
     """
+
+    output_tap = "fc8"
 
     def __init__(self, steps: Sequence[tuple[str, nn.Module]], taps: Mapping[str, str],
                  input_shape: tuple[int, int, int]):

@@ -3,9 +3,21 @@
     python -m generator.record --network caffenet --weights caffenet.caffemodel \\
         --images /data/ILSVRC2012/val --out caffenet_val.h5 [--preprocess authors|crop]
 
+    python -m generator.record --network torchvision:resnet18 --weights r18.pth \\
+        --layers layer3 layer4 fc --images val.csv --out r18_val.h5
+    python -m generator.record --network torchvision:resnet18 --list-layers
+
 Each network decodes and preprocesses the images its own way (docs/networks.md,
-"Preprocessing"); ``--preprocess`` names another of its ways. CaffeNet's default,
-``authors``, is how the paper's authors recorded it.
+"Preprocessing"); ``--preprocess`` names another of its ways, or gives a spec
+(``size=256,crop=224``). CaffeNet's default, ``authors``, is how the paper's authors
+recorded it.
+
+Any PyTorch network is taken by reference (``torchvision:<name>``,
+``module.path:callable``, ``file.py:callable``; docs/networks.md, "Any PyTorch
+network"): its layers are its modules' names (``--list-layers`` prints them with their
+output shapes), read with forward hooks. Every layer becomes one column per channel:
+conv maps (N, C, H, W) by their spatial max or mean (``--reduction``), token maps
+(N, T, C) by the max or mean over tokens, vectors (N, C) as they are.
 
 How a run is laid out, so that it can stop and go on:
 
@@ -29,6 +41,8 @@ Images that cannot be decoded are skipped, counted, and listed in the table
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -47,13 +61,14 @@ from torch.utils.data import DataLoader
 from analysis.activations import TableWriter, unit_chunk_width
 from common.files import atomic_path, atomic_write_text
 
-from .images import ImageSet, ImageSetError, collate, load_image_set
-from .loading import load_network
+from .hooked import HookedNet, Layer
+from .images import ImageSet, ImageSetError, collate, imagenet_classes, load_image_set
+from .loading import build_network, load_network
 from .networks import TappedNet, WeightsError
 from .threads import available_cpus, torch_threads, use_available_cpus
 
-__all__ = ["record", "join_segments", "reduce_activation", "RecordError", "JoinInProgress", "main",
-           "DEFAULT_LAYERS"]
+__all__ = ["record", "join_segments", "reduce_activation", "network_layers", "RecordError",
+           "JoinInProgress", "main", "DEFAULT_LAYERS"]
 
 log = logging.getLogger("generator.record")  # the same name under python -m
 
@@ -65,13 +80,59 @@ class RecordError(RuntimeError):
     """A recording that cannot go on (the message says why and what to do)."""
 
 
-def reduce_activation(t: torch.Tensor, how: str = "max") -> torch.Tensor:
-    """(N, C, H, W) -> (N, C) by spatial max or mean; 2-d taps pass through."""
+def reduce_activation(t: torch.Tensor, how: str = "max", layer: str = "") -> torch.Tensor:
+    """One value per channel: (N, C, H, W) -> (N, C) by spatial max or mean (a conv map);
+    (N, T, C) -> (N, C) by max or mean over the T tokens (a transformer's token map);
+    (N, C) as it is. Any other shape is a ValueError naming ``layer``."""
     if t.ndim == 2:
         return t
-    if t.ndim != 4:
-        raise ValueError(f"cannot reduce a tap of shape {tuple(t.shape)}")
-    return t.amax(dim=(2, 3)) if how == "max" else t.mean(dim=(2, 3))
+    if t.ndim == 4:
+        return t.amax(dim=(2, 3)) if how == "max" else t.mean(dim=(2, 3))
+    if t.ndim == 3:
+        return t.amax(dim=1) if how == "max" else t.mean(dim=1)
+    raise ValueError(f"cannot reduce layer {layer or '?'} of shape {tuple(t.shape)}: a layer "
+                     "must give (N, C), a conv map (N, C, H, W) or a token map (N, T, C)")
+
+
+#: Modules whose 3-d outputs are channels first, (N, C, L), not a token map (N, T, C).
+_CHANNELS_FIRST_1D = (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.MaxPool1d,
+                      torch.nn.AvgPool1d, torch.nn.AdaptiveMaxPool1d, torch.nn.AdaptiveAvgPool1d,
+                      torch.nn.BatchNorm1d, torch.nn.InstanceNorm1d)
+
+
+def _layer_attrs(model, layer: str, shape: tuple[int, ...], reduction: str) -> dict:
+    """How ``layer`` (one input's ``shape``) becomes columns, as the table's layer
+    attributes; ValueError for a shape that cannot become one column per channel."""
+    if len(shape) == 1:
+        return {}
+    if len(shape) == 3:
+        return {"reduction": reduction, "spatial_shape": list(shape[1:])}
+    module = model.module(layer) if isinstance(model, HookedNet) else None
+    if len(shape) == 2 and not isinstance(module, _CHANNELS_FIRST_1D):
+        return {"reduction": reduction, "reduced_over": "tokens", "token_count": shape[0]}
+    raise ValueError(f"cannot record layer {layer}: its output {tuple(shape)} (one input; "
+                     f"{type(module).__name__ if module is not None else 'a tap'}) is "
+                     "neither (C,), a conv map (C, H, W) nor a token map (T, C); choose "
+                     "another layer (--list-layers)")
+
+
+def _units(shape: tuple[int, ...]) -> int:
+    """Columns of a layer of one input's ``shape``: its channels."""
+    return shape[-1] if len(shape) == 2 else shape[0]
+
+
+def network_layers(model: TappedNet | HookedNet) -> list[Layer]:
+    """The layers one can record, with their types and output shapes for one input."""
+    if isinstance(model, HookedNet):
+        return list(model.layers().values())
+    shapes = model.layer_shapes(model.tap_names)
+    return [Layer(tap, type(model._modules[step]).__name__, shapes[tap], 1)
+            for tap, step in model.taps.items()]
+
+
+def _closest(name: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    return f"{name!r} (closest: {', '.join(close)})" if close else repr(name)
 
 
 @dataclass(frozen=True)
@@ -160,7 +221,7 @@ def record(
     out: str | os.PathLike,
     *,
     weights: str | None = None,
-    layers: Sequence[str] = DEFAULT_LAYERS,
+    layers: Sequence[str] | None = None,
     keep: str = "correct",
     reduction: str = "max",
     classes: str | None = None,
@@ -175,7 +236,11 @@ def record(
 ) -> Path | None:
     """Record ``layers`` of ``network`` over ``images`` into the table ``out``.
 
-    ``preprocess`` names one of the network's preprocessings (None: its default;
+    ``network``: a name of :data:`generator.loading.NETWORKS` or a reference
+    (``torchvision:resnet18``, ``module.path:callable``); ``layers``: its taps, or for a
+    referenced network its modules' names (None: :data:`DEFAULT_LAYERS`; a referenced
+    network must name them). ``preprocess`` names one of the network's preprocessings or
+    gives a spec (None: its default;
     :meth:`generator.loading.NetworkSpec.preprocessing_named`). Returns the table's path
     once every segment is recorded and joined, or None when other shards still have
     segments to record.
@@ -188,13 +253,25 @@ def record(
     if out.exists():
         raise RecordError(f"{out} exists: remove it or choose another --out")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, spec, checksum = load_network(network, weights, device=device)
+    model, spec, checksum = load_network(network, weights, device=device, preprocess=preprocess)
     preprocessing = spec.preprocessing_named(preprocess)
-    image_set = images if isinstance(images, ImageSet) else load_image_set(images, classes)
+    if layers is None:
+        if isinstance(model, HookedNet):
+            raise ValueError(f"name the layers of {network} to record (--layers); "
+                             "--list-layers lists them")
+        layers = DEFAULT_LAYERS
+    layers = list(layers)
     unknown = [t for t in layers if t not in model.taps]
     if unknown:
-        raise ValueError(f"{network} has no tap(s) {unknown}; choose from {model.tap_names}")
-    n_classes_out = model.layer_shapes(["fc8"])["fc8"][0]
+        hint = "--list-layers lists them all" if isinstance(model, HookedNet) else \
+            f"choose from {model.tap_names}"
+        raise ValueError(f"{network} has no tap(s) {unknown}: "
+                         f"{'; '.join(_closest(t, model.tap_names) for t in unknown)}; {hint}")
+    output_tap = model.output_tap
+    n_classes_out = model.layer_shapes([output_tap])[output_tap][0]
+    image_set = images if isinstance(images, ImageSet) else load_image_set(images, classes)
+    if spec.classes == "outputs" and classes is None:
+        image_set = _classes_from_outputs(image_set, n_classes_out, network)
     if len(image_set.class_names) != n_classes_out:
         log.warning("%s has %d classes but %s has %d outputs: predictions and --keep "
                     "correct compare indices", image_set.source, len(image_set.class_names),
@@ -208,15 +285,17 @@ def record(
     mine = [k for k in range(n_segments) if k % shard[1] == shard[0]]
     todo = [k for k in mine if not _segment_path(parts, k).exists()]
     shapes = model.layer_shapes(layers)
-    layer_units = {t: s[0] for t, s in shapes.items()}
-    layer_attrs = {t: {"reduction": reduction, "spatial_shape": list(s[1:])}
-                   for t, s in shapes.items() if len(s) == 3}
+    layer_units = {t: _units(s) for t, s in shapes.items()}
+    layer_attrs = {t: a for t, s in shapes.items()
+                   if (a := _layer_attrs(model, t, s, reduction))}
     attrs = {
         "network": network, "weights_sha256": checksum, "images": image_set.source,
         "preprocessing": preprocessing.to_json(),
         "preprocess": spec.preprocessing_name(preprocessing), "keep": keep,
         "software_version": _version(), "torch_version": str(torch.__version__),
     }
+    if isinstance(model, HookedNet):
+        attrs["network_definition"] = model.definition
     log.info("%s: %d images in %d segments, %d to record here (shard %d/%d), device %s",
              out, len(image_set), n_segments, len(todo), shard[0], shard[1], device)
     if todo:
@@ -234,6 +313,18 @@ def record(
         return None
 
 
+def _classes_from_outputs(image_set: ImageSet, n_outputs: int, network: str) -> ImageSet:
+    """A user's model without --classes: its classes are its outputs, named 0..K-1, where
+    the image set fell back on ImageNet's list (a CSV, a folder of WordNet ids)."""
+    if image_set.tensors is not None or n_outputs == len(image_set.class_names) or \
+            image_set.class_names != imagenet_classes()[1]:
+        return image_set
+    if len(image_set.labels) and int(image_set.labels.max()) >= n_outputs:
+        raise ImageSetError(f"{image_set.source}: label {int(image_set.labels.max())} is not "
+                            f"an output of {network} ({n_outputs} outputs); give --classes")
+    return dataclasses.replace(image_set, class_names=[str(k) for k in range(n_outputs)])
+
+
 def _version() -> str:
     try:
         return metadata.version("selectivity-study")
@@ -241,8 +332,8 @@ def _version() -> str:
         return "unknown"
 
 
-def _record_segments(model: TappedNet, image_set: ImageSet, preprocess, todo, parts, plan,
-                     layers, layer_units, layer_attrs, attrs, batch_size, workers, device,
+def _record_segments(model: TappedNet | HookedNet, image_set: ImageSet, preprocess, todo, parts,
+                     plan, layers, layer_units, layer_attrs, attrs, batch_size, workers, device,
                      progress) -> None:
     from tqdm.auto import tqdm
 
@@ -261,7 +352,8 @@ def _record_segments(model: TappedNet, image_set: ImageSet, preprocess, todo, pa
         num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
     )
-    taps = list(dict.fromkeys([*layers, "fc8"]))
+    output_tap = model.output_tap
+    taps = list(dict.fromkeys([*layers, output_tap]))
     labels = torch.as_tensor(image_set.labels)
     total = sum(min(plan.n_inputs, (k + 1) * plan.segment_images) - k * plan.segment_images
                 for k in todo)
@@ -287,11 +379,11 @@ def _record_segments(model: TappedNet, image_set: ImageSet, preprocess, todo, pa
                 current.seen += len(indices) + len(bad)
                 if batch is not None:
                     outs = model(batch.to(device, non_blocking=True), taps)
-                    pred = outs["fc8"].argmax(dim=1).cpu()
+                    pred = outs[output_tap].argmax(dim=1).cpu()
                     keep_rows = (pred == labels[indices]) if plan.keep == "correct" else \
                         torch.ones(len(indices), dtype=torch.bool)
-                    acts = {t: reduce_activation(outs[t], plan.reduction)[keep_rows.to(device)]
-                            .float().cpu().numpy() for t in layers}
+                    acts = {t: reduce_activation(outs[t], plan.reduction, t)
+                            [keep_rows.to(device)].float().cpu().numpy() for t in layers}
                     current.rows.append({"index": indices[keep_rows].numpy(), "acts": acts,
                                          "pred": pred[keep_rows].numpy()})
                 bar.update(len(indices) + len(bad))
@@ -455,29 +547,48 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                     "stopped when run again with the same arguments.",
     )
     parser.add_argument("--network", required=True,
-                        help="caffenet, bvlc_alexnet, alexnet (torchvision's) or demo")
-    parser.add_argument("--weights", help=".caffemodel or PyTorch state dict (.pth); "
-                        "default: the demo's own trained weights, random for the others")
-    parser.add_argument("--images", required=True,
+                        help="caffenet, bvlc_alexnet, alexnet (torchvision's) or demo; or any "
+                             "PyTorch network: torchvision:<name> (e.g. torchvision:resnet18) "
+                             "or a function (or class) of no arguments that returns an "
+                             "nn.Module, module.path:callable or path/to/file.py:callable "
+                             "(docs/networks.md, 'Any PyTorch network')")
+    parser.add_argument("--weights", help=".caffemodel or PyTorch state dict (.pth; for "
+                        "torchvision: and module:callable networks, with the model's own keys, "
+                        "loaded strictly); default: the demo's own trained weights, random "
+                        "for the others")
+    parser.add_argument("--images",
                         help="a folder of class sub-folders (ImageNet-style), a CSV of "
                              "path,label, or digits[:train|:test]")
     parser.add_argument("--classes", help="class list (TSV with wnid,name or one per line); "
-                        "default: ImageNet's 1,000 classes where they fit")
-    parser.add_argument("--out", required=True, help="activation table to write (.h5)")
-    parser.add_argument("--layers", nargs="+", default=list(DEFAULT_LAYERS),
+                        "default: ImageNet's 1,000 classes where they fit (a module:callable "
+                        "network's outputs, named 0..K-1, otherwise)")
+    parser.add_argument("--out", help="activation table to write (.h5)")
+    parser.add_argument("--layers", nargs="+",
                         help="taps to record (default: conv5 fc6 fc7 fc8 prob; "
-                             "':pre' for pre-ReLU, e.g. fc6:pre)")
+                             "':pre' for pre-ReLU, e.g. fc6:pre); for torchvision: and "
+                             "module:callable networks, module names (layer4, "
+                             "blocks.11.mlp.fc2) and 'output', the return value; see "
+                             "--list-layers")
+    parser.add_argument("--list-layers", action="store_true",
+                        help="print the network's layers (name, type, output shape for one "
+                             "input) and exit")
     parser.add_argument("--keep", choices=("correct", "all"), default="correct",
                         help="keep only correctly classified images (default) or all")
-    parser.add_argument("--preprocess", metavar="NAME",
+    parser.add_argument("--preprocess", metavar="NAME|SPEC",
                         help="how images become inputs: for caffenet and bvlc_alexnet "
                              "'authors' (the whole image to 227x227 with Caffe's Python "
                              "Transformer, minus the ILSVRC-2012 mean pixel: how the paper's "
                              "authors recorded CaffeNet) or 'crop' (256x256, then the centre "
                              "227x227, minus (104, 117, 123)); default: authors for caffenet, "
-                             "crop for bvlc_alexnet, the network's own for the others")
+                             "crop for bvlc_alexnet, the network's own for the others. Or a "
+                             "spec over the default (torchvision's ImageNet one where the "
+                             "network has none): KEY=VALUE,... with size, crop, resize "
+                             "(shorter|square), channels (RGB|BGR|L), scale (e.g. 1/255), "
+                             "mean and std (/-separated, e.g. 0.485/0.456/0.406), "
+                             "interpolation (pil|caffe)")
     parser.add_argument("--reduction", choices=REDUCTIONS, default="max",
-                        help="per-channel reduction of conv layers (default: spatial max)")
+                        help="per-channel reduction of conv maps (spatial) and token maps "
+                             "(over tokens) (default: max)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, help="image-decoding processes (default: a "
                         "quarter of the cores on CPU, up to 8 with a GPU; 0 decodes here)")
@@ -494,9 +605,16 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                         help="only join the finished segments of OUT.parts into OUT")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if not args.list_layers:
+        needed = ["--out"] + ([] if args.join_only else ["--images"])
+        missing = [flag for flag in needed if getattr(args, flag[2:]) is None]
+        if missing:
+            parser.error(f"the following arguments are required: {', '.join(missing)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     use_available_cpus()  # training the demo network on first use sets its own count
     try:
+        if args.list_layers:
+            return _print_layers(args.network, args.weights, args.preprocess)
         if args.join_only:
             path = join_segments(args.out, mode=args.join)
         else:
@@ -511,12 +629,34 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                 join=args.join, progress=not args.quiet, preprocess=args.preprocess,
             )
     except (RecordError, ImageSetError, WeightsError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}",
+              file=sys.stderr)
         return 2
     if path is None:
         print("this shard is done; the table is joined when every shard has finished")
     else:
         print(f"wrote {path}")
+    return 0
+
+
+def _print_layers(network: str, weights: str | None, preprocess: str | None) -> int:
+    """``--list-layers``: one line per layer, name, type and output shape; 0."""
+    if weights is None:  # shapes do not depend on weights: no training, no warning
+        model, spec = build_network(network, preprocess)
+        model.eval()
+    else:
+        model, spec, _ = load_network(network, weights, preprocess=preprocess)
+    layers = network_layers(model)
+    name_width = max(len(layer.name) for layer in layers)
+    type_width = max(len(layer.type) for layer in layers)
+    print(f"# {network}: input {tuple(model.input_shape)}; output shapes for one input")
+    for layer in layers:
+        shape = str(layer.shape) if layer.shape is not None else "-"
+        note = "" if layer.calls == 1 and layer.shape is not None else \
+            "  (never runs: not a tap)" if layer.calls == 0 else \
+            "  (no tensor output: not a tap)" if layer.shape is None else \
+            f"  (runs {layer.calls} times: not a tap)"
+        print(f"{layer.name:<{name_width}}  {layer.type:<{type_width}}  {shape}{note}")
     return 0
 
 
