@@ -28,12 +28,19 @@ of yes on layer (random intercepts for participant and panel), and per layer the
 between a unit's share of yes and each selectivity measure (Spearman's rho and a logistic
 fit), with a figure. Layers in the network's order (:func:`layer_order`).
 
+Panels of several methods (``ppgn``, ``fourier``, ``natural``, ...; docs/table2.md,
+"Methods"): the export names no method, so it comes from the study's design (``--study
+study.json`` or ``--panels`` manifests, :func:`read_methods`). With more than one, every
+figure is given per layer x method (methods in :func:`method_order`), each table gains a
+``method`` column, and the mixed model adds the method and a Wald test of its effect
+(:func:`method_test`). With one method the output is as before methods.
+
 Command line (from the repository root)::
 
     python analysis/table2.py --responses responses.csv --selectivity RESULTS.csv \\
         [--codes codes.csv] [--classes imagenet|digits|FILE] [--threshold 0.8] \\
         [--strict-threshold] [--agreement share|unit] [--participants participants.csv]
-        [--keep-excluded] --out DIR
+        [--keep-excluded] [--study study.json | --panels a.csv b.csv ...] --out DIR
 
 Participants the study excluded (``participants.csv``'s ``excluded``: its pre-registered
 rules or an experimenter, docs/exclusion.md) are left out unless ``--keep-excluded``; how
@@ -43,6 +50,7 @@ many each rule removed goes into ``table2.md`` and ``exclusions.csv``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -62,9 +70,20 @@ __all__ = [
     "unit_ratings", "unit_objects", "layer_order",
     "in_layer_order", "table2", "format_markdown", "fleiss_kappa", "kappa_by_layer",
     "mixed_model", "interpretability", "plot_interpretability", "main",
+    "METHODS", "DEFAULT_METHOD", "method_order", "read_methods", "with_methods",
+    "has_methods", "strata", "method_test",
 ]
 
 log = logging.getLogger("analysis.table2")
+
+#: The panel methods (how a unit's panel was made), in the order every table shows them;
+#: any other method follows, alphabetically (:func:`method_order`): ``ppgn``, the paper's
+#: activation maximization with a Plug-and-Play Generative Network; ``fourier``, activation
+#: maximization in a Fourier basis; ``natural``, the unit's most activating photos.
+METHODS = ("ppgn", "fourier", "natural")
+
+#: The method of a panel that names none (older manifests, study files and exports).
+DEFAULT_METHOD = "ppgn"
 
 #: The columns of the server's ``responses.csv`` that Table 2 reads.
 RESPONSE_COLUMNS = ("participant_id", "trial_index", "practice", "panel_id", "layer", "unit",
@@ -121,6 +140,13 @@ class CoderLike(Protocol):
     def code(self, text: str) -> Any: ...
     def agree(self, a: Any, b: Any) -> bool: ...
     def matches(self, code: Any, class_senses: Iterable[int]) -> bool: ...
+
+
+def method_order(methods: Iterable[Any]) -> list[str]:
+    """The distinct ``methods`` in table order: those of :data:`METHODS` in its order, then
+    any other alphabetically."""
+    distinct = {str(m) for m in methods}
+    return [m for m in METHODS if m in distinct] + sorted(distinct - set(METHODS))
 
 
 # -- statistics ----------------------------------------------------------------------------
@@ -328,19 +354,129 @@ def format_exclusions(report: pd.DataFrame, kept: bool) -> str:
             f"{reasons}; a participant who failed several rules is counted under each.\n")
 
 
+# -- methods -------------------------------------------------------------------------------
+
+def read_methods(study: str | os.PathLike | None = None,
+                 panels: Sequence[str | os.PathLike] = ()) -> dict[str, str]:
+    """Every main panel's method, ``{panel_id: method}``, from a ``study.json`` (its panel
+    entries' ``method``; an entry without one is a PPGN panel) and/or panels manifests (their
+    ``method`` column; a manifest without one holds PPGN panels). The export's
+    ``responses.csv`` names no method, so Table 2 takes it from the study's design
+    (``--study`` or ``--panels``). A panel named twice with two methods is an error."""
+    methods: dict[str, str] = {}
+    where: dict[str, str] = {}
+
+    def put(pid: str, method: str, source: str) -> None:
+        method = str(method).strip() or DEFAULT_METHOD
+        if pid in methods and methods[pid] != method:
+            raise Table2Error(f"panel {pid!r} is a {methods[pid]} panel in {where[pid]} and a "
+                              f"{method} panel in {source}; give the study's own files")
+        methods[pid], where[pid] = method, source
+
+    if study is not None:
+        path = os.fspath(study)
+        if not os.path.exists(path):
+            raise Table2Error(f"{path}: no such file (expected the study.json of "
+                              "python -m experiment.design)")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                entries = json.load(fh)["panels"]
+            items = [(str(pid), entry.get("method", DEFAULT_METHOD))
+                     for pid, entry in entries.items()]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise Table2Error(f"{path}: not a study file with a 'panels' object ({exc}); "
+                              "give the study.json the study was loaded from") from None
+        for pid, method in items:
+            put(pid, method, path)
+    for manifest in panels:
+        path = os.fspath(manifest)
+        if not os.path.exists(path):
+            raise Table2Error(f"{path}: no such panels manifest")
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise Table2Error(f"{path}: not a readable panels manifest ({exc})") from None
+        frame.columns = [str(c).strip() for c in frame.columns]
+        if "panel_id" not in frame.columns:
+            raise Table2Error(f"{path}: a panels manifest needs a panel_id column (found: "
+                              f"{', '.join(frame.columns) or 'none'})")
+        column = frame["method"] if "method" in frame.columns else [DEFAULT_METHOD] * len(frame)
+        for pid, method in zip(frame["panel_id"], column, strict=True):
+            put(str(pid).strip(), method, path)
+    return methods
+
+
+def with_methods(judgments: pd.DataFrame, methods: Mapping[str, str] | None = None,
+                 where: str = "responses") -> pd.DataFrame:
+    """``judgments`` with a ``method`` column: each panel's method from ``methods``
+    (:func:`read_methods`; every rated panel must be in it), else from a ``method`` column
+    of the responses themselves (an empty cell: ppgn); without either, unchanged (one
+    method, PPGN, as before methods)."""
+    if methods:
+        pids = judgments["panel_id"].astype(str)
+        unknown = sorted(set(pids) - set(methods))
+        if unknown:
+            raise Table2Error(
+                f"{where}: {len(unknown)} rated panel(s) have no method in the study file or "
+                f"manifests given ({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''})"
+                ": give the study.json (--study) or manifests (--panels) of this study")
+        return judgments.assign(method=pids.map(methods).to_numpy())
+    if "method" in judgments.columns:
+        method = judgments["method"].fillna("").astype(str).str.strip()
+        return judgments.assign(method=method.where(method != "", DEFAULT_METHOD))
+    return judgments
+
+
+def has_methods(frame: pd.DataFrame) -> bool:
+    """Whether ``frame`` (judgments or units) holds panels of more than one method: then
+    every figure is given per layer x method."""
+    return "method" in frame.columns and frame["method"].nunique() > 1
+
+
+def _keys(frame: pd.DataFrame) -> list[str]:
+    """The columns that name a stratum (a layer; a layer and method) and a unit in it."""
+    return ["layer", "method", "unit"] if has_methods(frame) else ["layer", "unit"]
+
+
+def strata(frame: pd.DataFrame, layers: Sequence[str] | None = None
+           ) -> list[tuple[str, str | None, pd.DataFrame]]:
+    """``frame``'s rows per layer (``layers`` order, else first appearance) and, where it
+    holds several methods, per method in :func:`method_order`: ``(layer, method or None,
+    rows)``, strata without rows left out."""
+    layers = list(layers) if layers is not None else list(frame["layer"].drop_duplicates())
+    out = []
+    for layer in layers:
+        part = frame[frame["layer"] == layer]
+        if not has_methods(frame):
+            out.append((layer, None, part))
+            continue
+        for method in method_order(frame["method"]):
+            rows = part[part["method"] == method]
+            if len(rows):
+                out.append((layer, method, rows))
+    return out
+
+
+def _label(layer: Any, method: str | None) -> str:
+    return str(layer) if method is None else f"{layer} / {method}"
+
+
 # -- per unit ------------------------------------------------------------------------------
 
 def unit_ratings(judgments: pd.DataFrame) -> pd.DataFrame:
     """One row per rated unit: layer, unit, n (judgments), n_yes, yes_share, and the yes
-    answers' texts (``answers``), layers in order of appearance."""
+    answers' texts (``answers``), layers in order of appearance. With panels of several
+    methods (:func:`has_methods`) one row per unit and method, a ``method`` column after
+    ``layer``: a unit's panels of two methods are two things rated."""
+    keys = _keys(judgments)
     if len(judgments) == 0:
-        return pd.DataFrame(columns=["layer", "unit", "n", "n_yes", "yes_share", "answers"])
-    grouped = judgments.groupby(["layer", "unit"], sort=False)
+        return pd.DataFrame(columns=[*keys, "n", "n_yes", "yes_share", "answers"])
+    grouped = judgments.groupby(keys, sort=False)
     units = grouped.agg(n=("answer_yes", "size"), n_yes=("answer_yes", "sum")).reset_index()
-    answers = (judgments[judgments["answer_yes"]].groupby(["layer", "unit"], sort=False)
+    answers = (judgments[judgments["answer_yes"]].groupby(keys, sort=False)
                ["object_text"].agg(list))
-    units["answers"] = [answers.get((layer, unit), []) for layer, unit
-                        in zip(units["layer"], units["unit"], strict=True)]
+    units["answers"] = [answers.get(key, []) for key
+                        in zip(*(units[k] for k in keys), strict=True)]
     units["n_yes"] = units["n_yes"].astype(int)
     units["yes_share"] = units["n_yes"] / units["n"]
     units["unit"] = units["unit"].astype(int)
@@ -384,11 +520,14 @@ def unit_objects(units: pd.DataFrame, selectivity: pd.DataFrame, coder: CoderLik
     - ``humans_agree``: one coded answer agrees with every other (at least two coded), that
       is ``n_agree_humans == n_coded >= 2``; ``match_*``: more than half of the coded
       answers match. Undefined shares are NaN (the unit is left out of that column's mean).
+
+    Where ``units`` has a ``method`` column (panels of several methods), so do the rows.
     """
     classes = selectivity.set_index(["layer", "unit"])[["top_class", "ccmas_class"]]
     rows = []
-    for layer, unit, answers in zip(units["layer"], units["unit"], units["answers"],
-                                    strict=True):
+    methods = units["method"] if "method" in units.columns else [None] * len(units)
+    for layer, method, unit, answers in zip(units["layer"], methods, units["unit"],
+                                            units["answers"], strict=True):
         coded_texts, coded = [], []
         for text in answers:
             code = coder.code(text)
@@ -402,7 +541,7 @@ def unit_objects(units: pd.DataFrame, selectivity: pd.DataFrame, coder: CoderLik
         hits_top = _hits(coded, _senses(class_senses, top), coder)
         hits_ccmas = _hits(coded, _senses(class_senses, ccmas), coder)
         rows.append({
-            "layer": layer, "unit": unit, "n_answers": len(answers),
+            "layer": layer, "method": method, "unit": unit, "n_answers": len(answers),
             "n_uncoded": len(answers) - n_coded, "n_coded": n_coded,
             "modal_answer": coded_texts[modal] if n_agree else "",
             "n_agree_humans": n_agree, "n_match_top_class": hits_top,
@@ -414,7 +553,10 @@ def unit_objects(units: pd.DataFrame, selectivity: pd.DataFrame, coder: CoderLik
             "match_top_class": 2 * hits_top > n_coded > 0,
             "match_ccmas_class": 2 * hits_ccmas > n_coded > 0,
         })
-    return pd.DataFrame(rows, columns=list(UNIT_COLUMNS))
+    columns = list(UNIT_COLUMNS)
+    if "method" in units.columns:
+        columns.insert(1, "method")
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _is_coded(code: Any) -> bool:
@@ -466,7 +608,12 @@ def table2(judgments: pd.DataFrame, selectivity: pd.DataFrame, coder: CoderLike,
     ``strict``). ``agreement``: ``"share"`` (the paper's figures: the mean over those units
     of each unit's share of coded answers that agree / match, ± the SE of that mean,
     :func:`mean_share`) or ``"unit"`` (the share of those units scored yes, ± the binomial
-    SE, :func:`proportion`); docs/table2.md."""
+    SE, :func:`proportion`); docs/table2.md.
+
+    Where the judgments hold panels of several methods (a ``method`` column,
+    :func:`with_methods`), every row is a layer x method (layers in the network's order,
+    methods in :func:`method_order`), both tables gain a ``method`` column after ``layer``,
+    and a unit's panels of two methods count as two rated units."""
     if agreement not in AGREEMENT_MODES:
         raise Table2Error(f"agreement {agreement!r}: must be one of "
                           f"{', '.join(AGREEMENT_MODES)}")
@@ -484,7 +631,8 @@ def table2(judgments: pd.DataFrame, selectivity: pd.DataFrame, coder: CoderLike,
     units["yes80"] = (units["yes_share"] > threshold + 1e-12 if strict
                       else units["yes_share"] >= threshold - 1e-12)
     objects = unit_objects(units[units["yes80"]], selectivity, coder, class_senses)
-    detail = units.merge(objects, on=["layer", "unit"], how="left")
+    keys = _keys(judgments)
+    detail = units.merge(objects, on=keys, how="left")
     # the units under the threshold have no object columns: keep counts whole, yes/no boolean
     for column in ("n_answers", "n_uncoded", "n_coded", "n_agree_humans", "n_match_top_class",
                    "n_match_ccmas_class"):
@@ -495,11 +643,15 @@ def table2(judgments: pd.DataFrame, selectivity: pd.DataFrame, coder: CoderLike,
         detail[column] = detail[column].astype("boolean")
     rows = []
     left_out = 0
-    for layer in layer_order(judgments, selectivity):
-        j = judgments[judgments["layer"] == layer]
+    multi = has_methods(judgments)
+    for layer, method, j in strata(judgments, layer_order(judgments, selectivity)):
         u = detail[detail["layer"] == layer]
+        if multi:
+            u = u[u["method"] == method]
         high = u[u["yes80"]]
         row: dict[str, Any] = {"layer": layer, "n_judgments": len(j)}
+        if multi:
+            row["method"] = method
         _put(row, "pct_yes", int(j["answer_yes"].sum()), len(j))
         row["n_units"] = len(u)
         _put(row, "pct_units_yes80", len(high), len(u))
@@ -524,7 +676,10 @@ def table2(judgments: pd.DataFrame, selectivity: pd.DataFrame, coder: CoderLike,
         log.info("%d unit-column(s) left out of the means: too few coded answers for a share "
                  "(agreement needs two, a class match one; n_coded in table2_units.csv)",
                  left_out)
-    return pd.DataFrame(rows, columns=TABLE2_COLUMNS), detail.drop(columns=["answers"])
+    columns = list(TABLE2_COLUMNS)
+    if multi:
+        columns.insert(1, "method")
+    return pd.DataFrame(rows, columns=columns), detail.drop(columns=["answers"])
 
 
 def layer_order(judgments: pd.DataFrame, selectivity: pd.DataFrame) -> list[str]:
@@ -557,7 +712,8 @@ def _cell(row: pd.Series, name: str, n: int) -> str:
 
 def format_markdown(table: pd.DataFrame, threshold: float = 0.8, strict: bool = False) -> str:
     """Table 2 as Markdown: each percentage ± its standard error, with its n, and a note
-    saying which ± and which scoring (the table's ``agreement``) it shows."""
+    saying which ± and which scoring (the table's ``agreement``) it shows; a ``method``
+    column where the table has one (panels of several methods)."""
     pct = f"{100 * threshold:g}"
     agreement = "unit"
     if "agreement" in table.columns and len(table):
@@ -568,12 +724,14 @@ def format_markdown(table: pd.DataFrame, threshold: float = 0.8, strict: bool = 
     else:
         objects = ["humans agree (% of those units)", "match top class (%)",
                    "match CCMAS class (%)"]
-    header = ["layer", "% yes (of judgments)",
+    multi = "method" in table.columns
+    header = ["layer", *(["method"] if multi else []), "% yes (of judgments)",
               f"% units with {'>' if strict else '≥'}{pct}% yes", *objects]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         n_high = int(row["n_units_yes80"])
-        cells = [str(row["layer"]), _cell(row, "pct_yes", int(row["n_judgments"])),
+        cells = [str(row["layer"]), *([str(row["method"])] if multi else []),
+                 _cell(row, "pct_yes", int(row["n_judgments"])),
                  _cell(row, "pct_units_yes80", int(row["n_units"]))]
         for name, stem in _OBJECT_COLUMNS:
             n = row.get(f"n_units_{stem}", n_high)
@@ -588,27 +746,43 @@ def format_markdown(table: pd.DataFrame, threshold: float = 0.8, strict: bool = 
         note = ("Last three columns: the share of the units counted in the second where one "
                 "coded answer agrees with all others / more than half match the class. "
                 "± the binomial SE throughout.")
+    if multi:
+        note += (" One row per layer x method (panel method); a unit's panels of two methods "
+                 "are two units here, each rated by other participants.")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 # -- beyond the paper ----------------------------------------------------------------------
 
 def kappa_by_layer(judgments: pd.DataFrame) -> pd.DataFrame:
-    """Fleiss' kappa on yes/no per layer (units as subjects, their raters as raters)."""
+    """Fleiss' kappa on yes/no per layer (units as subjects, their raters as raters); per
+    layer x method, with a ``method`` column, where the judgments hold several methods."""
     rows = []
-    for layer in judgments["layer"].drop_duplicates():
-        j = judgments[judgments["layer"] == layer]
+    multi = has_methods(judgments)
+    for layer, method, j in strata(judgments):
         counts = j.groupby("unit")["answer_yes"].agg(["sum", "size"])
         table = np.column_stack([counts["sum"], counts["size"] - counts["sum"]])
-        rows.append({"layer": layer, "n_units": int((counts["size"] >= 2).sum()),
-                     "n_judgments": len(j), "fleiss_kappa": fleiss_kappa(table)})
-    return pd.DataFrame(rows, columns=["layer", "n_units", "n_judgments", "fleiss_kappa"])
+        row = {"layer": layer, "n_units": int((counts["size"] >= 2).sum()),
+               "n_judgments": len(j), "fleiss_kappa": fleiss_kappa(table)}
+        if multi:
+            row["method"] = method
+        rows.append(row)
+    columns = ["layer", *(["method"] if multi else []), "n_units", "n_judgments",
+               "fleiss_kappa"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def mixed_model(judgments: pd.DataFrame, seed: int = 0) -> str:
     """A mixed-effects logistic regression of yes on layer with crossed random intercepts
     for participant and panel (statsmodels' BinomialBayesMixedGLM, variational Bayes).
-    Returns a plain-text report with the fit and its caveats."""
+    Returns a plain-text report with the fit and its caveats.
+
+    Where the judgments hold panels of several methods (:func:`has_methods`), the model is
+    ``yes ~ layer + method`` (a layer term only with two layers or more) and the report adds
+    a Wald test of the method terms (:func:`method_test`): whether the methods differ in
+    their yes-rate, the layer held fixed."""
+    if has_methods(judgments):
+        return _mixed_model_methods(judgments, seed)
     from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
 
     data = judgments[["answer_yes", "layer", "participant_id", "panel_id"]].copy()
@@ -652,11 +826,119 @@ def mixed_model(judgments: pd.DataFrame, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _laplace_cov(model: Any, result: Any) -> np.ndarray:
+    """The fixed effects' covariance of a fitted BinomialBayesMixedGLM from the Laplace
+    approximation of the joint posterior of fixed and random effects at the variational
+    posterior means, the variance components fixed at theirs (as lme4 takes its fixed
+    effects' covariance at the mode): the fixed-effects block of the inverse of
+    ``[X Z]' W [X Z] + diag(prior precisions)``, W the binomial weights p(1 - p), by the
+    Schur complement ``A - B' C^-1 B`` with C sparse. Mean-field variational Bayes treats
+    fixed and random effects as independent and so understates the fixed effects' SDs."""
+    from scipy import sparse
+    from scipy.sparse.linalg import splu
+
+    x = np.asarray(model.exog, dtype=float)
+    z = sparse.csc_matrix(model.exog_vc)
+    eta = x @ result.fe_mean + z @ result.vc_mean
+    p = 1 / (1 + np.exp(-eta))
+    w = p * (1 - p)
+    a = x.T @ (w[:, None] * x) + np.eye(x.shape[1]) / model.fe_p ** 2
+    b = np.asarray(z.T @ (w[:, None] * x))
+    sd = np.exp(np.asarray(result.vcp_mean))[np.asarray(model.ident)]
+    c = (z.T @ sparse.diags(w) @ z + sparse.diags(1 / sd ** 2)).tocsc()
+    return np.linalg.inv(a - b.T @ splu(c).solve(b))
+
+
+def method_test(names: Sequence[str], mean: np.ndarray, cov: np.ndarray
+                ) -> dict[str, Any]:
+    """The Wald test of the method terms (``C(method)[T.x]`` in ``names``) of a fitted
+    model: ``chi2 = b' V^-1 b`` over the method terms' estimates ``b`` and covariance ``V``
+    (``mean``, ``cov``), ``df`` the number of terms (methods - 1), ``p`` from the
+    chi-square distribution; and per term its z and two-sided p. The null: every method
+    has the same log-odds of yes, the layer held fixed."""
+    from scipy.stats import chi2, norm
+
+    index = [i for i, name in enumerate(names) if str(name).startswith("C(method)")]
+    b = np.asarray(mean, dtype=float)[index]
+    v = np.asarray(cov, dtype=float)[np.ix_(index, index)]
+    stat = float(b @ np.linalg.solve(v, b))
+    terms = []
+    for j, i in enumerate(index):
+        se = math.sqrt(v[j, j])
+        terms.append({"term": names[i], "estimate": float(b[j]), "se": se,
+                      "z": float(b[j] / se), "p": float(2 * norm.sf(abs(b[j] / se)))})
+    return {"chi2": stat, "df": len(index), "p": float(chi2.sf(stat, len(index))),
+            "terms": terms}
+
+
+def _mixed_model_methods(judgments: pd.DataFrame, seed: int) -> str:
+    """:func:`mixed_model` for panels of several methods: yes ~ layer + method."""
+    from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
+
+    data = judgments[["answer_yes", "layer", "method", "participant_id", "panel_id"]].copy()
+    data["yes"] = data["answer_yes"].astype(float)
+    layers = list(data["layer"].drop_duplicates())
+    methods = method_order(data["method"])
+    terms = (["C(layer)"] if len(layers) > 1 else []) + ["C(method)"]
+    lines = ["Mixed-effects logistic regression: yes ~ "
+             f"{'layer + ' if len(layers) > 1 else ''}method + (1 | participant) + (1 | panel)",
+             f"judgments: {len(data):,}; participants: {data['participant_id'].nunique():,}; "
+             f"panels: {data['panel_id'].nunique():,}; layers: {', '.join(map(str, layers))}; "
+             f"methods: {', '.join(methods)}",
+             ""]
+    if data["yes"].nunique() < 2:
+        lines.append("Not fitted: it needs both answers.")
+        return "\n".join(lines) + "\n"
+    data["layer"] = pd.Categorical(data["layer"], categories=layers)
+    data["method"] = pd.Categorical(data["method"], categories=methods)
+    np.random.seed(seed)
+    model = BinomialBayesMixedGLM.from_formula(
+        "yes ~ " + " + ".join(terms),
+        {"participant": "0 + C(participant_id)", "panel": "0 + C(panel_id)"}, data)
+    with warnings.catch_warnings(record=True) as caught:   # L-BFGS-B: see mixed_model
+        warnings.simplefilter("always")
+        result = model.fit_vb(fit_method="L-BFGS-B")
+    names = list(model.exog_names)
+    cov = _laplace_cov(model, result)
+    lines.append(f"{'term':<32} {'post. mean':>10} {'post. SD':>9} {'Laplace SE':>10}   "
+                 "odds ratio")
+    for i, name in enumerate(names):
+        mean = result.fe_mean[i]
+        lines.append(f"{name:<32} {mean:>10.3f} {result.fe_sd[i]:>9.3f} "
+                     f"{math.sqrt(cov[i, i]):>10.3f}   {math.exp(mean):.3g}")
+    lines.append("")
+    lines.append("random-intercept SDs (posterior mean of log SD, exponentiated):")
+    for name, value in zip(model.vcp_names, result.vcp_mean, strict=True):
+        lines.append(f"  {name:<14} {math.exp(value):.3f}")
+    test = method_test(names, result.fe_mean, cov)
+    lines += ["",
+              f"Method effect: Wald test of the {test['df']} method term(s), chi2({test['df']})"
+              f" = {test['chi2']:.2f}, p = {test['p']:.3g}",
+              "  (null: every method has the same log-odds of yes, the layer held fixed)"]
+    for term in test["terms"]:
+        lines.append(f"  {term['term']:<30} z = {term['z']:.2f}, p = {term['p']:.3g}")
+    lines += ["",
+              f"Reference layer: {layers[0]}; reference method: {methods[0]}; the other "
+              "terms are log-odds differences.",
+              "The Wald test takes the fixed effects' covariance (Laplace SE) from the "
+              "Laplace approximation at the variational posterior means, the variance "
+              "components fixed at theirs; the variational posterior SDs (post. SD, "
+              "mean-field) understate the uncertainty and give no test.",
+              "Caveats: approximate (variational Bayes estimates; the variance components' "
+              "uncertainty is ignored); random intercepts only (no random slopes; a unit's "
+              "panels of several methods share no unit effect); with few judgments per panel "
+              f"the panel variance is poorly determined. Fixed effects: {len(names)}."]
+    for warning in caught:
+        lines.append(f"Fit warning: {warning.message}")
+    return "\n".join(lines) + "\n"
+
+
 def interpretability(units: pd.DataFrame, selectivity: pd.DataFrame,
                      measures: Sequence[str] | None = None) -> pd.DataFrame:
     """Per layer and measure: Spearman's rho between a unit's share of yes and the measure,
     and a logistic fit of its yes/no counts on the measure (standardised within the layer):
-    the paper's claim is that interpretable units are not the selective ones."""
+    the paper's claim is that interpretable units are not the selective ones. Per layer x
+    method, with a ``method`` column, where ``units`` holds several methods."""
     from scipy.stats import spearmanr
     from statsmodels.api import GLM, add_constant, families
 
@@ -664,11 +946,12 @@ def interpretability(units: pd.DataFrame, selectivity: pd.DataFrame,
     merged = units.merge(selectivity[["layer", "unit", *measures]], on=["layer", "unit"])
     rows = []
     separated = 0
-    for layer in units["layer"].drop_duplicates():
-        part = merged[merged["layer"] == layer]
+    multi = has_methods(units)
+    for layer, method, part in strata(merged, list(units["layer"].drop_duplicates())):
         for measure in measures:
             ok = part[np.isfinite(part[measure].astype(float))]
-            row: dict[str, Any] = {"layer": layer, "measure": measure, "n_units": len(ok),
+            row: dict[str, Any] = {"layer": layer, **({"method": method} if multi else {}),
+                                   "measure": measure, "n_units": len(ok),
                                    "spearman_rho": math.nan, "spearman_p": math.nan,
                                    "logit_slope_per_sd": math.nan, "logit_se": math.nan,
                                    "logit_p": math.nan, "logit_note": ""}
@@ -691,7 +974,8 @@ def interpretability(units: pd.DataFrame, selectivity: pd.DataFrame,
                         row.update(logit_slope_per_sd=float(fit.params[1]),
                                    logit_se=float(fit.bse[1]), logit_p=float(fit.pvalues[1]))
                 except (np.linalg.LinAlgError, ValueError) as exc:
-                    log.warning("%s/%s: logistic fit failed (%s)", layer, measure, exc)
+                    log.warning("%s/%s: logistic fit failed (%s)", _label(layer, method),
+                                measure, exc)
                     row["logit_note"] = f"fit failed: {exc}"
             rows.append(row)
     if separated:
@@ -703,8 +987,9 @@ def interpretability(units: pd.DataFrame, selectivity: pd.DataFrame,
 def plot_interpretability(units: pd.DataFrame, selectivity: pd.DataFrame, out: Path,
                           measures: Sequence[str] = FIGURE_MEASURES,
                           threshold: float = 0.8) -> list[Path]:
-    """A unit's share of yes against TCS, precision and CCMAS, one row of panels per layer,
-    the threshold dashed (PNG and SVG)."""
+    """A unit's share of yes against TCS, precision and CCMAS, one row of panels per layer
+    (per layer x method where ``units`` holds several methods), the threshold dashed (PNG
+    and SVG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -712,12 +997,11 @@ def plot_interpretability(units: pd.DataFrame, selectivity: pd.DataFrame, out: P
 
     measures = [m for m in measures if m in selectivity.columns]
     merged = units.merge(selectivity[["layer", "unit", *measures]], on=["layer", "unit"])
-    layers = list(units["layer"].drop_duplicates())
-    fig, axes = plt.subplots(len(layers), len(measures), squeeze=False,
-                             figsize=(3.2 * len(measures), 2.6 * len(layers)))
+    rows = strata(merged, list(units["layer"].drop_duplicates()))
+    fig, axes = plt.subplots(len(rows), len(measures), squeeze=False,
+                             figsize=(3.2 * len(measures), 2.6 * len(rows)))
     rng = np.random.default_rng(0)
-    for r, layer in enumerate(layers):
-        part = merged[merged["layer"] == layer]
+    for r, (layer, method, part) in enumerate(rows):
         for c, measure in enumerate(measures):
             ax = axes[r][c]
             jitter = rng.uniform(-0.015, 0.015, len(part))
@@ -727,7 +1011,7 @@ def plot_interpretability(units: pd.DataFrame, selectivity: pd.DataFrame, out: P
             ax.set_ylim(-0.05, 1.05)
             ax.set_xlabel(measure)
             if c == 0:
-                ax.set_ylabel(f"{layer}: share of yes")
+                ax.set_ylabel(f"{_label(layer, method)}: share of yes")
     fig.suptitle("Interpretability (share of yes) against selectivity, per unit")
     fig.tight_layout()
     paths = [out / "yes_vs_selectivity.png", out / "yes_vs_selectivity.svg"]
@@ -773,6 +1057,16 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="keep the judgments of participants the study excluded (its "
                              "pre-registered rules or by hand); by default they are left "
                              "out, and how many each rule removed is reported")
+    parser.add_argument("--study", metavar="JSON",
+                        help="the study.json the study was loaded from: each panel's method "
+                             "(ppgn, fourier, natural, ...), which the export does not "
+                             "carry. With panels of several methods every figure is given "
+                             "per layer x method, and mixed_model.txt tests the method "
+                             "effect (default: every panel PPGN, as before methods)")
+    parser.add_argument("--panels", nargs="+", default=[], metavar="CSV",
+                        help="instead of (or besides) --study: the panels manifest(s) the "
+                             "study was designed from, each panel's method from their "
+                             "method column (none: ppgn)")
     parser.add_argument("--classes", default="imagenet",
                         help="class synsets: 'imagenet' (the ILSVRC-2012 classes, default), "
                              "'digits' (the demo's 0-9), or a TSV with columns index, name[, wnid]")
@@ -825,7 +1119,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         class_senses = _class_senses(args.classes, coder)
         judgments = select_judgments(responses, participants, args.include_incomplete)
         judgments, exclusions = drop_excluded(judgments, participants, args.keep_excluded)
-        judgments = in_layer_order(judgments, selectivity)
+        methods = (read_methods(args.study, args.panels) if args.study or args.panels
+                   else None)
+        judgments = in_layer_order(with_methods(judgments, methods, args.responses),
+                                   selectivity)
+        if has_methods(judgments):
+            log.info("panels of %d methods (%s): every figure per layer x method",
+                     judgments["method"].nunique(), ", ".join(method_order(judgments["method"])))
         table, detail = table2(judgments, selectivity, coder, class_senses, args.threshold,
                                where=args.responses, agreement=args.agreement,
                                strict=args.strict_threshold)
@@ -842,7 +1142,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     detail.to_csv(out / "table2_units.csv", index=False)
     print(markdown, end="")
     if not args.no_extras:
-        units = detail[["layer", "unit", "n", "n_yes", "yes_share"]]
+        units = detail[[*_keys(detail), "n", "n_yes", "yes_share"]]
         kappa_by_layer(judgments).to_csv(out / "kappa.csv", index=False)
         interpretability(units, selectivity).to_csv(out / "interpretability.csv", index=False)
         (out / "mixed_model.txt").write_text(mixed_model(judgments))

@@ -9,9 +9,12 @@ participants) every list holds 4 conv5, 32 fc6 and 15 or 16 fc8 panels, and 51
 lists target 5 participants, 13 lists 6.
 
 Inputs
-    *Panels manifest* (CSV): columns ``panel_id, layer, unit, path`` (others are
-    ignored). Every cell is read as text; ``unit`` must be a non-negative integer.
-    A relative ``path`` is relative to the manifest's own directory.
+    *Panels manifest(s)* (CSV): columns ``panel_id, layer, unit, path`` and optionally
+    ``method`` (how the panel was made: ``ppgn``, ``fourier``, ``natural``, ...; a manifest
+    without the column holds PPGN panels); others are ignored. Every cell is read as text;
+    ``unit`` must be a non-negative integer. A relative ``path`` is relative to the
+    manifest's own directory. Several manifests (``--panels a.csv b.csv``, one a method,
+    say) are read as one: their panel ids must be unique across them.
     *Practice manifest* (CSV): ``panel_id, path`` and optionally ``label`` and
     ``expected`` (the answer the panel expects: yes, no or empty, carried into the
     study file where given); the first ``practice_trials`` rows (file order) are the
@@ -28,6 +31,23 @@ Dealing (deterministic for a seed; one ``numpy.random.default_rng(seed)``)
        extra panels go to the ``r`` lists holding the fewest panels so far (ties
        broken by a random permutation of the lists). Hence per-layer counts and
        list sizes each differ by at most one between lists.
+    2b. Panels of methods other than ``ppgn`` (several methods, or another alone;
+       docs/study-design.md, "Methods") replace 1-2, and their study entries carry
+       ``method``: a unit's panels are dealt together, so that no list holds
+       two panels of one unit (layer and unit; a participant sees one list) and every
+       (layer, method) is spread as evenly as every layer. Sampling draws ``N`` *units*
+       of a layer (each keeps its panels of every method). The lists are visited in a
+       random cycle; per layer (first appearance), the units are shuffled and each method
+       (:func:`analysis.table2.method_order`) takes the next run of the cycle, one place
+       per panel of that method, so every (layer, method), every layer and every list
+       size differs by at most one between lists. Which unit takes which place of a run
+       is a matching, methods with fewer panels first: each unit takes the list with the
+       most free places among those not holding one of its panels yet (ties in a random
+       order), and where none is free an augmenting path moves placed units along. In a
+       small layer a matching can fail (one unit's two single panels fall to one list);
+       it is tried again in other random orders, then with the methods' runs in another
+       order, and only a layer no order can deal is refused. A unit with more methods
+       than there are lists is refused.
     3. Targets: ``q, r = divmod(participants, n_lists)``; ``r`` random lists get
        ``q + 1``, the others ``q``.
     4. Catch trials (``catch_trials`` K > 0, drawn from a generator of their own,
@@ -47,14 +67,14 @@ Output: ``study.json`` (format ``selectivity-study/1``, written atomically, ever
 reading, checking the panel files) is :mod:`server.study_file`, shared with the server
 that loads the file; this module deals the design and calls it.
 
-API: :func:`read_panels`, :func:`read_practice` (file I/O), :func:`build_design`
-(pure, paths absolute), :func:`summary`, :func:`parse_sample`, :func:`main`. Everything a
-user can get wrong raises :class:`DesignError` (defined in :mod:`server.study_file`)
-naming what is wrong, where, and how to fix it.
+API: :func:`read_panels`, :func:`read_manifests`, :func:`read_practice` (file I/O),
+:func:`build_design` (pure, paths absolute), :func:`summary`, :func:`parse_sample`,
+:func:`main`. Everything a user can get wrong raises :class:`DesignError` (defined in
+:mod:`server.study_file`) naming what is wrong, where, and how to fix it.
 
 Command line::
 
-    python -m experiment.design --panels P.csv --practice Q.csv --lists 64 \\
+    python -m experiment.design --panels P.csv [P2.csv ...] --practice Q.csv --lists 64 \\
         --participants 333 [--sample fc6=2048] [--seed 0] \\
         [--catch 4 --catch-panels catch.csv] --out study.json
 """
@@ -64,10 +84,11 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import hashlib
+import itertools
 import logging
 import os
 import sys
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,7 +97,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.exclusion import RuleError, parse_rules, read_rules
+from analysis.table2 import method_order
 from server.study_file import (
+    DEFAULT_METHOD,
     DESIGN_CLI,
     FORMAT,
     MAX_LISTED,
@@ -84,6 +107,7 @@ from server.study_file import (
     check_files,
     is_int,
     listing,
+    panel_method,
     validate_design,
     write_study,
 )
@@ -97,6 +121,7 @@ __all__ = [
     "main",
     "parse_sample",
     "read_catch",
+    "read_manifests",
     "read_panels",
     "read_practice",
     "summary",
@@ -209,7 +234,8 @@ def _refuse_problems(path, kind: str, item: str, problems: list[str],
 
 
 def read_panels(path: str | os.PathLike, min_images: int = 1) -> pd.DataFrame:
-    """The panels manifest: ``panel_id, layer, unit (int), path (absolute str)``.
+    """The panels manifest: ``panel_id, layer, unit (int), path (absolute str)`` and, where
+    the manifest has the column, ``method`` (a non-empty word each).
 
     Rows keep the file's order; extra columns are dropped. ``frame.attrs["source"]``
     holds ``path`` as given. Where the manifest has an ``n_images`` column (``generator.ppgn``
@@ -219,7 +245,8 @@ def read_panels(path: str | os.PathLike, min_images: int = 1) -> pd.DataFrame:
     rate; ``frame.attrs["left_out"]`` lists their ids.
     """
     frame = _read_csv(path, "panels", PANEL_COLUMNS)
-    problems = _empty_cells(frame, PANEL_COLUMNS)
+    has_method = "method" in frame.columns
+    problems = _empty_cells(frame, PANEL_COLUMNS + (("method",) if has_method else ()))
     for i, unit in enumerate(frame["unit"]):
         if unit and not unit.isdigit():
             problems.append(f"line {i + 2}: unit {unit!r} is not a non-negative integer")
@@ -230,6 +257,8 @@ def read_panels(path: str | os.PathLike, min_images: int = 1) -> pd.DataFrame:
         "unit": frame["unit"].astype(int),
         "path": _absolute_paths(frame, Path(path)),
     })
+    if has_method:
+        out["method"] = frame["method"]
     left_out: list[str] = []
     if "n_images" in frame.columns:
         counts = pd.to_numeric(frame["n_images"], errors="coerce")
@@ -251,7 +280,50 @@ def read_panels(path: str | os.PathLike, min_images: int = 1) -> pd.DataFrame:
         out = out.loc[~few.to_numpy()].reset_index(drop=True)
     out.attrs["source"] = str(path)
     out.attrs["left_out"] = left_out
-    log.info("%s: %d panels in %d layer(s)", path, len(out), out["layer"].nunique())
+    log.info("%s: %d panels in %d layer(s)%s", path, len(out), out["layer"].nunique(),
+             f", methods {', '.join(method_order(out['method']))}" if has_method else "")
+    return out
+
+
+def read_manifests(paths: str | os.PathLike | Sequence[str | os.PathLike],
+                   min_images: int = 1) -> pd.DataFrame:
+    """One or several panels manifests (``--panels a.csv b.csv ...``) as one frame, as
+    :func:`read_panels` returns it, rows in the order of the files and of their rows.
+
+    One manifest is :func:`read_panels`'s frame as it is. Of several, every row gets a
+    ``method`` (a manifest without the column holds PPGN panels,
+    :data:`server.study_file.DEFAULT_METHOD`), and the panel ids must be unique across
+    them (a :class:`DesignError` names each id given twice and its files).
+    ``frame.attrs["sources"]`` lists the manifests as given.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = list(paths)
+    if not paths:
+        raise DesignError("no panels manifest: give at least one (--panels CSV [CSV ...])")
+    if len(paths) == 1:
+        return read_panels(paths[0], min_images)
+    frames = [read_panels(path, min_images) for path in paths]
+    first: dict[str, str] = {}
+    clashes = []
+    for path, frame in zip(paths, frames, strict=True):
+        for pid in frame["panel_id"]:
+            if pid in first:
+                clashes.append(f"{pid!r} in {first[pid]} and {path}")
+            else:
+                first[pid] = str(path)
+    if clashes:
+        raise DesignError(f"{len(clashes)} panel id(s) occur in more than one panels "
+                          "manifest; every panel needs an id of its own across them "
+                          f"(generator manifests name a method's panels <method>_<layer>_"
+                          f"<unit>):\n{listing(clashes)}")
+    for frame in frames:
+        if "method" not in frame.columns:
+            frame["method"] = DEFAULT_METHOD
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["source"] = ", ".join(map(str, paths))
+    out.attrs["sources"] = [str(path) for path in paths]
+    out.attrs["left_out"] = [pid for frame in frames for pid in frame.attrs["left_out"]]
     return out
 
 
@@ -343,8 +415,8 @@ def _panels_by_layer(panels: pd.DataFrame) -> dict[str, list[int]]:
     return by_layer
 
 
-def _check_sample(sample: Mapping[str, int], by_layer: Mapping[str, list[int]],
-                  where: str) -> None:
+def _check_sample(sample: Mapping[str, int], by_layer: Mapping[str, list],
+                  where: str, what: str = "panels") -> None:
     for layer, n in sample.items():
         if layer not in by_layer:
             raise DesignError(
@@ -356,12 +428,12 @@ def _check_sample(sample: Mapping[str, int], by_layer: Mapping[str, list[int]],
         if n > len(by_layer[layer]):
             raise DesignError(
                 f"--sample {layer}={n}: layer {layer!r} has only {len(by_layer[layer])} "
-                f"panels in {where}; ask for at most {len(by_layer[layer])}")
+                f"{what} in {where}; ask for at most {len(by_layer[layer])}")
 
 
-def _sample(by_layer: Mapping[str, list[int]], sample: Mapping[str, int],
-            rng: np.random.Generator) -> dict[str, list[int]]:
-    """Each sampled layer's chosen rows (in manifest order); other layers whole."""
+def _sample(by_layer: Mapping[str, list], sample: Mapping[str, int],
+            rng: np.random.Generator) -> dict[str, list]:
+    """Each sampled layer's chosen rows (or units; in manifest order); other layers whole."""
     chosen = {}
     for layer, rows in by_layer.items():
         if layer in sample:
@@ -390,6 +462,161 @@ def _deal(layers: Sequence[Sequence[str]], n_lists: int,
             start += take
         totals += q + extra
     return lists
+
+
+def _units_by_layer(panels: pd.DataFrame, methods: Sequence[str],
+                    where: str) -> dict[str, dict[int, dict[str, int]]]:
+    """Per layer (first appearance), per unit (first appearance): the row of its panel of
+    each method. Two panels of one unit and method are refused (which would be rated?)."""
+    by_layer: dict[str, dict[int, dict[str, int]]] = {}
+    ids = [str(p) for p in panels["panel_id"]]
+    twice = []
+    for i, (layer, unit, method) in enumerate(zip(panels["layer"], panels["unit"], methods,
+                                                  strict=True)):
+        rows = by_layer.setdefault(str(layer), {}).setdefault(_to_unit(unit, ids[i]), {})
+        if method in rows:
+            twice.append(f"{layer} unit {unit}, method {method}: panels {ids[rows[method]]!r} "
+                         f"and {ids[i]!r}")
+        else:
+            rows[method] = i
+    if twice:
+        raise DesignError(f"{where}: {len(twice)} unit(s) have two panels of one method; keep "
+                          f"one panel per unit and method:\n{listing(twice)}")
+    return by_layer
+
+
+def _check_methods(units: Mapping[str, Mapping[int, Mapping[str, int]]], n_lists: int,
+                   where: str) -> None:
+    """Refuse a unit with more methods than there are lists: its panels need a list each."""
+    for layer, of_layer in units.items():
+        for unit, rows in of_layer.items():
+            if len(rows) > n_lists:
+                raise DesignError(
+                    f"lists = {n_lists} (--lists) but {where} has {len(rows)} panels of "
+                    f"{layer} unit {unit} ({', '.join(method_order(rows))}): nobody may see "
+                    "a unit twice, so each of a unit's panels needs a list of its own; ask "
+                    f"for at least {len(rows)} lists, or leave a method out")
+
+
+def _match(members: Sequence[int], free: np.ndarray, used: Mapping[int, set[int]],
+           order: Sequence[int]) -> dict[int, int] | None:
+    """Place every unit of ``members`` in a list with a free place (``free``: places per
+    list) that holds none of its panels yet (``used``), or None where that is impossible.
+
+    Each unit in turn takes the allowed list with the most free places (ties: first in
+    ``order``); where no allowed list has one, a breadth-first augmenting path moves placed
+    units along to allowed lists until one with a free place is reached (a maximum
+    bipartite b-matching, so a placement is found whenever one exists)."""
+    free = free.astype(np.int64).copy()
+    holders: list[list[int]] = [[] for _ in range(len(free))]
+    at: dict[int, int] = {}
+    for unit in members:
+        allowed = [k for k in order if k not in used[unit]]
+        open_ = [k for k in allowed if free[k] > 0]
+        if open_:
+            k = max(open_, key=lambda k: free[k])   # the first of the most free
+            holders[k].append(unit)
+            at[unit] = k
+            free[k] -= 1
+            continue
+        parent: dict[int, tuple[int | None, int]] = {k: (None, unit) for k in allowed}
+        queue, end = deque(allowed), None
+        while queue:
+            k = queue.popleft()
+            if free[k] > 0:
+                end = k
+                break
+            for other in holders[k]:
+                for k2 in order:
+                    if k2 not in parent and k2 not in used[other]:
+                        parent[k2] = (k, other)
+                        queue.append(k2)
+        if end is None:
+            return None
+        free[end] -= 1
+        k = end
+        while True:       # each unit on the path moves one list along
+            previous, mover = parent[k]
+            holders[k].append(mover)
+            at[mover] = k
+            if previous is None:
+                break
+            holders[previous].remove(mover)
+            k = previous
+    return at
+
+
+def _deal_methods(layers: Mapping[str, Mapping[int, Mapping[str, str]]],
+                  methods: Sequence[str], n_lists: int,
+                  rng: np.random.Generator) -> list[list[str]]:
+    """Deal panels of several methods (``layers``: per layer, per unit, its panel id of each
+    method) over ``n_lists`` lists: module docstring, step 2b. Every list gets a layer's
+    panels method by method (``methods`` order), the units in their shuffled order."""
+    lists: list[list[str]] = [[] for _ in range(n_lists)]
+    cycle = rng.permutation(n_lists)
+    start = 0
+    for layer, of_layer in layers.items():
+        keys = list(of_layer)
+        shuffled = [keys[i] for i in rng.permutation(len(keys))]
+        members = {m: [u for u in shuffled if m in of_layer[u]] for m in methods}
+        present = [m for m in methods if members[m]]
+        placed = None
+        for order in itertools.islice(itertools.permutations(present), RUN_ORDERS):
+            runs, at = [], start
+            for method in order:
+                places = cycle[(at + np.arange(len(members[method]))) % n_lists]
+                runs.append((method, members[method], np.bincount(places, minlength=n_lists)))
+                at += len(members[method])
+            placed = _place(runs, n_lists, rng)
+            if placed is not None:
+                break
+        if placed is None:
+            raise DesignError(
+                f"cannot deal layer {layer!r}'s panels of {len(present)} methods over "
+                f"{n_lists} lists so that no list holds a unit twice and every layer x method "
+                "is spread evenly; try another --seed or more lists")
+        start += sum(len(members[m]) for m in present)
+        for method in present:
+            for unit in members[method]:
+                lists[placed[(method, unit)]].append(of_layer[unit][method])
+    return lists
+
+
+#: How many orders of a layer's methods :func:`_deal_methods` tries (in the lists' cycle;
+#: the first is the methods' own order): the order decides which lists a method's extra
+#: panels fall to, and in a small layer some orders leave no placement (one unit's two
+#: single panels in one list).
+RUN_ORDERS = 24
+
+#: How often :func:`_place` tries an order's matching, each time in another random order.
+PLACE_TRIES = 10
+
+
+def _place(runs: Sequence[tuple[str, list[int], np.ndarray]], n_lists: int,
+           rng: np.random.Generator) -> dict[tuple[str, int], int] | None:
+    """The list of every (method, unit) of a layer: ``runs`` gives each method's units and
+    its free places per list. Methods are matched one by one (:func:`_match`), fewest
+    panels first, and a unit's lists kept apart; the matching of one method can leave a
+    later one none (rare, in small layers), so a failed try starts again with the method
+    that failed matched first and the lists in another random order, up to
+    :data:`PLACE_TRIES` times. None when every try failed."""
+    order = sorted(range(len(runs)), key=lambda i: len(runs[i][1]))
+    for _ in range(PLACE_TRIES):
+        used: dict[int, set[int]] = {u: set() for _, members, _ in runs for u in members}
+        placed: dict[tuple[str, int], int] = {}
+        for i in order:
+            method, members, free = runs[i]
+            at = _match(members, free, used, [int(k) for k in rng.permutation(n_lists)])
+            if at is None:
+                order.remove(i)
+                order.insert(0, i)
+                break
+            for unit, k in at.items():
+                used[unit].add(k)
+                placed[(method, unit)] = k
+        else:
+            return placed
+    return None
 
 
 def _targets(participants: int, n_lists: int, rng: np.random.Generator) -> list[int]:
@@ -509,6 +736,20 @@ def _catch(catch: pd.DataFrame, catch_trials: int, dealt: Sequence[Sequence[str]
     return entries, per_list
 
 
+def _methods(panels: pd.DataFrame, where: str) -> list[str] | None:
+    """Every row's method, or None where the panels are PPGN panels alone (no ``method``
+    column, or ``ppgn`` throughout): such a design is dealt and written as before methods."""
+    if "method" not in panels.columns:
+        return None
+    methods = ["" if pd.isna(m) else str(m).strip() for m in panels["method"]]
+    empty = [f"panel {pid!r}" for pid, m in zip(panels["panel_id"], methods, strict=True)
+             if not m]
+    if empty:
+        raise DesignError(f"{where}: {len(empty)} panel(s) without a method; name each "
+                          f"panel's method (ppgn, fourier, natural, ...):\n{listing(empty)}")
+    return None if set(methods) == {DEFAULT_METHOD} else methods
+
+
 def _to_unit(value: Any, pid: str) -> int:
     try:
         unit = int(value)
@@ -525,7 +766,9 @@ def build_design(panels: pd.DataFrame, practice: pd.DataFrame, n_lists: int,
                  catch_trials: int = 0) -> dict:
     """The study dict for a request: absolute paths, no sha256, no file I/O.
 
-    ``panels`` has columns ``panel_id, layer, unit, path``; ``practice`` has
+    ``panels`` has columns ``panel_id, layer, unit, path`` and optionally ``method``
+    (:func:`read_manifests`; panels of any method but ``ppgn`` are dealt by unit, module
+    docstring step 2b, and their entries carry ``method``); ``practice`` has
     ``panel_id, path`` and optionally ``label`` (as :func:`read_panels` and
     :func:`read_practice` return them); ``catch`` (needed when ``catch_trials`` > 0) has
     ``panel_id, path, expected`` and ``label`` (:func:`read_catch`). Raises
@@ -541,11 +784,24 @@ def build_design(panels: pd.DataFrame, practice: pd.DataFrame, n_lists: int,
     if panels.empty:
         raise DesignError(f"{where}: no panels; the manifest needs one row per panel")
     by_layer = _panels_by_layer(panels)
-    _check_sample(sample, by_layer, where)
-
-    rng = np.random.default_rng(seed)
-    chosen = _sample(by_layer, sample, rng)
-    n_panels = sum(len(rows) for rows in chosen.values())
+    ids = [str(p) for p in panels["panel_id"]]
+    methods = _methods(panels, where)
+    if methods is None:     # PPGN panels alone: dealt as before methods
+        _check_sample(sample, by_layer, where)
+        rng = np.random.default_rng(seed)
+        chosen = _sample(by_layer, sample, rng)
+        in_design = sorted(i for rows in chosen.values() for i in rows)
+    else:                   # several methods: units are sampled and dealt (step 2b)
+        units = _units_by_layer(panels, methods, where)
+        unit_keys = {layer: list(of_layer) for layer, of_layer in units.items()}
+        _check_sample(sample, unit_keys, where, "units")
+        rng = np.random.default_rng(seed)
+        chosen_units = _sample(unit_keys, sample, rng)
+        dealing = {layer: {u: {m: ids[row] for m, row in units[layer][u].items()}
+                           for u in chosen_units[layer]} for layer in units}
+        in_design = sorted(row for layer, picked in chosen_units.items() for u in picked
+                           for row in units[layer][u].values())
+    n_panels = len(in_design)
     if n_lists > n_panels:
         raise DesignError(
             f"lists = {n_lists} (--lists) but the design has only {n_panels} panels"
@@ -557,18 +813,23 @@ def build_design(panels: pd.DataFrame, practice: pd.DataFrame, n_lists: int,
             f"{n_lists - participants} list(s) would have no participant, and their panels "
             f"would never be rated; ask for at most {participants} lists or at least "
             f"{n_lists} participants")
-    ids = [str(p) for p in panels["panel_id"]]
-    dealt = _deal([[ids[i] for i in rows] for rows in chosen.values()], n_lists, rng)
+    if methods is None:
+        dealt = _deal([[ids[i] for i in rows] for rows in chosen.values()], n_lists, rng)
+    else:
+        _check_methods({layer: {u: units[layer][u] for u in picked}
+                        for layer, picked in chosen_units.items()}, n_lists, where)
+        dealt = _deal_methods(dealing, method_order(methods), n_lists, rng)
     targets = _targets(participants, n_lists, rng)
     practice_ids, practice_panels = _practice(practice, practice_trials, set(ids))
 
-    in_design = sorted(i for rows in chosen.values() for i in rows)
-    panel_entries = {
-        ids[i]: {"layer": str(panels["layer"].iat[i]),
-                 "unit": _to_unit(panels["unit"].iat[i], ids[i]),
-                 "path": os.path.abspath(str(panels["path"].iat[i]))}
-        for i in in_design
-    }
+    panel_entries = {}
+    for i in in_design:
+        entry = {"layer": str(panels["layer"].iat[i]),
+                 "unit": _to_unit(panels["unit"].iat[i], ids[i])}
+        if methods is not None:
+            entry["method"] = methods[i]
+        entry["path"] = os.path.abspath(str(panels["path"].iat[i]))
+        panel_entries[ids[i]] = entry
     study = {
         "format": FORMAT,
         "seed": int(seed),
@@ -576,7 +837,7 @@ def build_design(panels: pd.DataFrame, practice: pd.DataFrame, n_lists: int,
         "participants": int(participants),
         "practice_trials": int(practice_trials),
         "sample": {layer: int(sample[layer]) for layer in by_layer if layer in sample},
-        "source": {"panels": panels.attrs.get("source"),
+        "source": {"panels": panels.attrs.get("sources", panels.attrs.get("source")),
                    "practice": practice.attrs.get("source")},
         "layers": list(by_layer),
         "panels": panel_entries,
@@ -615,14 +876,25 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def summary(study: Mapping) -> str:
-    """A plain-text table of a study: layers, lists, participants, practice trials."""
+    """A plain-text table of a study: layers (and, where panels carry methods, every
+    layer x method), lists, participants, practice trials."""
     lists, panels = study["lists"], study["panels"]
     sample = study.get("sample") or {}
+    with_methods = any("method" in entry for entry in panels.values())
+    methods = method_order(panel_method(e) for e in panels.values()) if with_methods else []
     rows = [("", "panels", "per list")]
     for layer in study["layers"]:
         counts = [sum(panels[p]["layer"] == layer for p in lst["panels"]) for lst in lists]
         note = "  (sampled)" if layer in sample else ""
+        if with_methods:
+            n_units = len({e["unit"] for e in panels.values() if e["layer"] == layer})
+            note = f"  {n_units} units" + ("; sampled" if layer in sample else "")
         rows.append((layer, str(sum(counts)), _spread(counts) + note))
+        for method in methods:
+            counts = [sum(panels[p]["layer"] == layer and panel_method(panels[p]) == method
+                          for p in lst["panels"]) for lst in lists]
+            if sum(counts):
+                rows.append((f"  {layer} / {method}", str(sum(counts)), _spread(counts)))
     sizes = [len(lst["panels"]) for lst in lists]
     rows.append(("all layers", str(len(panels)), _spread(sizes)))
     rows.append(("", "", ""))
@@ -666,8 +938,9 @@ def _parser(prog: str = CLI) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(
-            "Design the rating study (docs/study-design.md): deal every panel of a panels manifest "
-            "into exactly one list, each layer spread as evenly as possible, give each list "
+            "Design the rating study (docs/study-design.md): deal every panel of the panels "
+            "manifest(s) into exactly one list, each layer (and each layer x method, no "
+            "list holding a unit twice) spread as evenly as possible, give each list "
             "a participant target (the targets sum to --participants), pick the practice "
             "panels, add --catch K catch trials to every list, check the files and write "
             "study.json. Deterministic for a seed. The "
@@ -675,10 +948,13 @@ def _parser(prog: str = CLI) -> argparse.ArgumentParser:
         epilog=(f"example (the paper): {prog} --panels panels.csv --practice practice.csv "
                 "--lists 64 --participants 333 --sample fc6=2048 --seed 0 --out study.json"),
     )
-    parser.add_argument("--panels", required=True, metavar="CSV",
-                        help="panels manifest with columns panel_id, layer, unit, path "
-                             "(extra columns ignored; relative paths are relative to the "
-                             "CSV's folder)")
+    parser.add_argument("--panels", required=True, metavar="CSV", nargs="+",
+                        help="panels manifest(s) with columns panel_id, layer, unit, path "
+                             "and optionally method (ppgn, fourier, natural, ...; without "
+                             "it: ppgn); extra columns ignored; relative paths are relative "
+                             "to the CSV's folder. Panels of several methods (several "
+                             "manifests, or a method column) are dealt by unit: no list "
+                             "holds a unit twice, and every layer x method is spread evenly")
     parser.add_argument("--practice", required=True, metavar="CSV",
                         help="practice manifest with columns panel_id, path and optionally "
                              "label and expected (yes/no); its first --practice-trials rows "
@@ -728,14 +1004,15 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         if args.catch_panels and not args.catch:
             raise DesignError("--catch-panels without --catch K: say how many catch trials "
                               "every list gets")
-        study = build_design(read_panels(args.panels, args.min_images),
+        study = build_design(read_manifests(args.panels, args.min_images),
                              read_practice(args.practice),
                              n_lists=args.lists, participants=args.participants,
                              sample=parse_sample(args.sample), seed=args.seed,
                              practice_trials=args.practice_trials,
                              catch=read_catch(args.catch_panels) if args.catch_panels else None,
                              catch_trials=args.catch)
-        study["source"] = {"panels": args.panels, "practice": args.practice}
+        study["source"] = {"panels": args.panels[0] if len(args.panels) == 1 else args.panels,
+                           "practice": args.practice}
         if args.catch:
             study["source"]["catch"] = args.catch_panels
         if args.exclusion_rules:

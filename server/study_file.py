@@ -28,6 +28,18 @@ study without them), three more keys::
      "lists": [{"id": 1, "target": 5, "panels": [...],
                 "catch": [{"panel": "<id>", "position": 7}, ...]}, ...]
 
+With panels of several methods (``python -m experiment.design --panels a.csv b.csv``,
+docs/study-design.md, "Methods"), every panel entry carries its ``method`` (a non-empty
+string: ``ppgn``, ``fourier``, ``natural``, ...)::
+
+     "panels": {"<id>": {"layer": "fc6", "unit": 12, "method": "fourier", "path": "...",
+                         "sha256": "..."}}
+
+A panel without ``method`` is a PPGN panel (:data:`DEFAULT_METHOD`): a study of PPGN panels
+alone has no method keys, as before methods. Where panels carry methods no list holds two
+panels of one unit (layer and unit: a participant sees one list, so nobody sees a unit
+twice), and every (layer, method) is spread over the lists as evenly as every layer.
+
 With pre-registered exclusion rules (``python -m experiment.design --exclusion-rules
 FILE.toml``; optional): ``"exclusion_rules": {...}``, the rules file as a JSON object
 (analysis/exclusion.py, docs/exclusion.md).
@@ -64,6 +76,7 @@ from analysis.exclusion import RuleError, parse_rules
 from common.files import atomic_write_text, sha256_file
 
 __all__ = [
+    "DEFAULT_METHOD",
     "DESIGN_CLI",
     "FORMAT",
     "MAX_LISTED",
@@ -73,6 +86,7 @@ __all__ = [
     "is_int",
     "list_trials",
     "listing",
+    "panel_method",
     "read_study",
     "validate_design",
     "write_study",
@@ -89,6 +103,10 @@ STUDY_KEYS = ("format", "seed", "participants", "practice_trials", "layers", "pa
 
 #: How many individual problems an error message lists before summarising.
 MAX_LISTED = 10
+
+#: The method of a panel entry without ``method`` (a PPGN panel; the same word as
+#: ``analysis.table2.DEFAULT_METHOD``, which cannot import the server).
+DEFAULT_METHOD = "ppgn"
 
 #: The command that writes study files, named in error messages ("regenerate it with ...").
 DESIGN_CLI = "python -m experiment.design"
@@ -114,6 +132,16 @@ def is_int(value: Any) -> bool:
     """An integer (Python's or numpy's, which register as :class:`numbers.Integral`), not
     a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def panel_method(entry: Mapping) -> str:
+    """A panel entry's method: its ``method``, else :data:`DEFAULT_METHOD`."""
+    return str(entry.get("method", DEFAULT_METHOD))
+
+
+def _has_methods(study: Mapping) -> bool:
+    """Whether any panel of the study names its method (a study with panel methods)."""
+    return any(isinstance(e, Mapping) and "method" in e for e in study["panels"].values())
 
 
 def list_trials(lst: Mapping) -> list[str]:
@@ -153,6 +181,10 @@ def _structure_problems(study: Mapping) -> list[str]:
                 and is_int(entry.get("unit")) and entry["unit"] >= 0):
             problems.append(f"panel {pid!r}: needs a layer among 'layers', a non-negative "
                             "integer unit and a path")
+        elif "method" in entry and not (isinstance(entry["method"], str)
+                                        and entry["method"].strip()):
+            problems.append(f"panel {pid!r}: method {entry['method']!r} must be a non-empty "
+                            "string (ppgn, fourier, natural, ...) or absent (ppgn)")
     for pid, entry in study["practice_panels"].items():
         if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)):
             problems.append(f"practice panel {pid!r}: needs a path")
@@ -238,6 +270,33 @@ def _dealing_problems(study: Mapping) -> list[str]:
         if max(counts) - min(counts) > 1:
             problems.append(f"layer {layer!r}: per-list counts range {min(counts)}-"
                             f"{max(counts)} (must differ by at most 1)")
+    if _has_methods(study):
+        problems += _method_problems(study)
+    return problems
+
+
+def _method_problems(study: Mapping) -> list[str]:
+    """A study of several methods: no list holds a unit twice, and every (layer, method)
+    is spread over the lists within one panel."""
+    problems = []
+    lists, panels = study["lists"], study["panels"]
+    for lst in lists:
+        seen: dict[tuple, list[str]] = {}
+        for pid in lst["panels"]:
+            if pid in panels:
+                seen.setdefault((panels[pid]["layer"], panels[pid]["unit"]), []).append(pid)
+        problems += [f"list {lst['id']} holds {layer} unit {unit} {len(ids)} times (panels "
+                     f"{', '.join(map(repr, ids))}); nobody may see a unit twice"
+                     for (layer, unit), ids in seen.items() if len(ids) > 1]
+    strata = sorted({(e["layer"], panel_method(e)) for e in panels.values()},
+                    key=lambda s: (study["layers"].index(s[0]), s[1]))
+    for layer, method in strata:
+        counts = [sum(p in panels and panels[p]["layer"] == layer
+                      and panel_method(panels[p]) == method for p in lst["panels"])
+                  for lst in lists]
+        if max(counts) - min(counts) > 1:
+            problems.append(f"layer {layer!r}, method {method!r}: per-list counts range "
+                            f"{min(counts)}-{max(counts)} (must differ by at most 1)")
     return problems
 
 
@@ -247,10 +306,16 @@ def _count_problems(study: Mapping) -> list[str]:
     if total != study["participants"]:
         problems.append(f"list targets sum to {total}, not participants = "
                         f"{study['participants']}")
-    layer_sizes = Counter(entry["layer"] for entry in study["panels"].values())
+    # a study of several methods samples units (each with its panels of every method)
+    what = "units" if _has_methods(study) else "panels"
+    if what == "units":
+        layer_sizes = Counter(layer for layer, _ in {(e["layer"], e["unit"])
+                                                     for e in study["panels"].values()})
+    else:
+        layer_sizes = Counter(entry["layer"] for entry in study["panels"].values())
     for layer, n in dict(study.get("sample") or {}).items():
         if layer_sizes.get(layer, 0) != n:
-            problems.append(f"sample asks for {n} {layer} panels; the design has "
+            problems.append(f"sample asks for {n} {layer} {what}; the design has "
                             f"{layer_sizes.get(layer, 0)}")
     if len(study["layers"]) != len(set(study["layers"])):
         problems.append("'layers' repeats a layer")
@@ -288,7 +353,10 @@ def validate_design(study: Mapping) -> None:
     and ``practice_trials`` many; where there are catch trials, ``catch_trials`` of them in
     every list at distinct ascending positions, each catch id in exactly one list, known,
     distinct from the other ids, with its expected answer (and a class for a yes); where
-    there are exclusion rules, rules that analysis/exclusion.py accepts.
+    there are exclusion rules, rules that analysis/exclusion.py accepts; where panels carry
+    a ``method``, a non-empty string each, no list holding two panels of one unit (layer
+    and unit), every (layer, method)'s per-list counts within one of each other, and a
+    sampled layer holding its sample size in units.
     """
     if not isinstance(study, Mapping):
         raise DesignError(f"a study must be a JSON object, not {type(study).__name__}")
