@@ -51,7 +51,7 @@ COMMANDS: tuple[Command, ...] = (
             "measure the units"),
     Command("figures", "analysis.figures", "the paper's selectivity figures",
             "measure the units"),
-    Command("am", "generator.ppgn", "activation-maximization panels (PPGN)",
+    Command("am", "generator.am", "activation-maximization panels (--method ppgn, fourier, natural)",
             "make the panels"),
     Command("panels", "generator.panels", "practice panels from labelled photos",
             "make the panels"),

@@ -14,7 +14,9 @@ panel (``panels/<layer>_<unit>.jpg``) and its figures (``units/<layer>_<unit>.js
 written last: a unit with it is done); then ``manifest_<layer>.csv`` and
 ``manifest.csv`` (:func:`write_manifest`). ``settings_<layer>.json`` records the
 settings, the seed and the SHA-256 of the weights (a folder made with other settings is
-refused), and once the layer is done its pass rate and chain counts.
+refused), and once the layer is done its pass rate and chain counts. The files and the
+manifests' columns (:data:`MANIFEST_COLUMNS`, ``method`` "ppgn" in every row) are those of
+every panel method (:mod:`generator.unit_files`; the others: :mod:`generator.am`).
 
 Speed on the CPU (``benchmarks/ppgn.py`` measures it): :func:`load_models`
 gives the sampler copies of the networks made for gradients to the input
@@ -46,15 +48,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.files import atomic_path, atomic_write_text
+from common.files import atomic_write_text
 
-from . import digits, digits_generator
+from . import digits, digits_generator, unit_files
 from .deepsim import crop_to_classifier, load_generator, to_pixels
 from .loading import load_network
 from .networks import gradient_copy
-from .panels import grid, receptive_field, save_jpeg
+from .panels import receptive_field
 from .sampler import Sample, Sampler, Settings, Target, settings_for
 from .threads import available_cpus, torch_threads, use_available_cpus, worker_pool
+from .unit_files import MANIFEST_COLUMNS, layer_summary, save_unit
 
 __all__ = [
     "Models",
@@ -515,19 +518,12 @@ def _collect(models: Models, samples: list[Sample]) -> list[tuple]:
 def _save_unit(out: Path, layer: str, unit: int, run: _UnitRun, side: int, box,
                target: Target, settings: Settings, blank: tuple[int, ...]) -> None:
     """A unit's files: its images (.npz), its panel (.jpg), then its figures (.json), which
-    mark it done; each written atomically."""
+    mark it done; each written atomically (:func:`generator.unit_files.save_unit`)."""
     kept = run.kept
     pixels = np.stack([s[1] for s in kept]) if kept else np.zeros((0, *blank), np.uint8)
     acts = np.array([s[0].activation for s in kept], dtype=np.float64)
     probs = np.array([s[0].prob for s in kept], dtype=np.float64)
     stem = _unit_stem(layer, unit)
-    with atomic_path(out / "units" / f"{stem}.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, images=pixels, activations=acts, probs=probs,
-                            chains=np.array([s[0].chain for s in kept], dtype=np.int64),
-                            steps=np.array([s[0].step for s in kept], dtype=np.int64))
-    cells = pixels if box is None else pixels[:, box[0]:box[2], box[1]:box[3]]
-    panel = grid(cells, side, side)  # a short unit's missing cells stay blank
-    save_jpeg(panel, out / "panels" / f"{stem}.jpg", min_cell=64, cell=cells.shape[1])
     tops = np.array([s[2] for s in kept])
     info = {
         "panel_id": stem, "layer": layer, "unit": unit, "path": f"panels/{stem}.jpg",
@@ -540,7 +536,7 @@ def _save_unit(out: Path, layer: str, unit: int, run: _UnitRun, side: int, box,
                          else None),
         "threshold": settings.threshold, "pass_rate": run.passed / max(1, run.candidates),
         "n_passed": run.passed, "n_candidates": run.candidates, "chains": run.chains,
-        "chain_steps": run.chains * settings.steps,
+        "chain_steps": run.chains * settings.steps, "method": "ppgn",
     }
     if kept:
         classes, counts = np.unique(tops, return_counts=True)
@@ -550,65 +546,17 @@ def _save_unit(out: Path, layer: str, unit: int, run: _UnitRun, side: int, box,
             independent = np.array([s[3] for s in kept])
             info["independent_target_share"] = (float((independent == unit).mean())
                                                 if target.tap == "fc8" else None)
-    atomic_write_text(out / "units" / f"{stem}.json", json.dumps(info))
-
-
-MANIFEST_COLUMNS = ["panel_id", "layer", "unit", "path", "n_images", "short",
-                    "mean_activation", "min_activation", "min_prob", "top_class",
-                    "top_class_share", "target_share", "independent_target_share",
-                    "threshold", "pass_rate", "n_passed", "n_candidates", "chains",
-                    "chain_steps"]
+    arrays = {"activations": acts, "probs": probs,
+              "chains": np.array([s[0].chain for s in kept], dtype=np.int64),
+              "steps": np.array([s[0].step for s in kept], dtype=np.int64)}
+    save_unit(out, stem, pixels, arrays, info, side=side, box=box)
 
 
 def write_manifest(out: Path, layer: str, units: Sequence[int]) -> Path:
     """``manifest_<layer>.csv``: one row per unit (the study design reads it as is); the
-    layer's figures (pass rate, chains, short units) into ``settings_<layer>.json``."""
-    path = out / f"manifest_{layer}.csv"
-    infos = [json.loads((out / "units" / f"{_unit_stem(layer, u)}.json").read_text())
-             for u in units]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, MANIFEST_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for info in infos:
-            writer.writerow({k: ("" if info.get(k) is None else info.get(k))
-                             for k in MANIFEST_COLUMNS})
-    settings_file = out / f"settings_{layer}.json"
-    if settings_file.exists():
-        recorded = json.loads(settings_file.read_text())
-        recorded["summary"] = layer_summary(infos)
-        atomic_write_text(settings_file, json.dumps(recorded, indent=2))
-    _combine_manifests(out)
-    return path
-
-
-def layer_summary(infos: Sequence[dict]) -> dict:
-    """A layer's figures from its units' (as ``settings_<layer>.json`` records them)."""
-    passed = sum(i["n_passed"] for i in infos)
-    candidates = sum(i["n_candidates"] for i in infos)
-    rates = [i["pass_rate"] for i in infos]
-    chains = [i["chains"] for i in infos]
-    return {
-        "units": len(infos), "threshold": infos[0]["threshold"] if infos else None,
-        "pass_rate": passed / max(1, candidates), "n_passed": passed,
-        "n_candidates": candidates,
-        "pass_rate_per_unit": {"min": min(rates, default=None),
-                               "max": max(rates, default=None)},
-        "chains": sum(chains), "chains_per_unit": {"min": min(chains, default=None),
-                                                   "max": max(chains, default=None)},
-        "chain_steps": sum(i["chain_steps"] for i in infos),
-        "short_units": [{"unit": i["unit"], "n_images": i["n_images"],
-                         "pass_rate": i["pass_rate"], "chains": i["chains"]}
-                        for i in infos if i["short"]],
-    }
-
-
-def _combine_manifests(out: Path) -> None:
-    """``manifest.csv``: the finished layers' manifests, one after the other."""
-    layers = sorted(out.glob("manifest_*.csv"))
-    lines = [layers[0].read_text().splitlines()[0]] if layers else []
-    for layer_file in layers:
-        lines += layer_file.read_text().splitlines()[1:]
-    atomic_write_text(out / "manifest.csv", "\n".join(lines) + "\n")
+    layer's figures (pass rate, chains, short units) into ``settings_<layer>.json``
+    (:func:`generator.unit_files.write_manifest`)."""
+    return unit_files.write_manifest(Path(out), layer, [_unit_stem(layer, u) for u in units])
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
