@@ -68,6 +68,7 @@ from torch import nn
 
 from common.files import atomic_write_bytes, atomic_write_text, cache_dir
 
+from .digits_resnet import DigitsResNet
 from .networks import Preprocessing, TappedNet, WeightsError, load_state, taps_for
 from .threads import TRAINING_THREADS
 
@@ -97,6 +98,8 @@ __all__ = [
     "save_cached",
     "trained_demo_network",
     "trained_independent_network",
+    "trained_digits_resnet",
+    "logits_of",
     "training_environment",
 ]
 
@@ -250,6 +253,7 @@ _VARIANTS: dict[str, _Variant] = {
     "a": _Variant(demo_network, "demo_net", 0, 20, "demo network"),
     "b": _Variant(independent_network, "demo_net_b", 1, 20,  # the stem of older caches
                   "independent network"),
+    "resnet": _Variant(lambda: DigitsResNet(), "digits_resnet", 2, 10, "digits ResNet"),
 }
 
 
@@ -276,6 +280,14 @@ def random_shifts(x: torch.Tensor, max_shift: int, generator: torch.Generator) -
     return padded[torch.arange(n)[:, None, None], 0, rows, cols][:, None]
 
 
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A classifier's logits: a :class:`TappedNet`'s ``fc8`` tap, else what the module
+    returns (a plain ``nn.Module`` such as :class:`generator.digits_resnet.DigitsResNet`)."""
+    if isinstance(model, TappedNet):
+        return model(x, taps=("fc8",))["fc8"]
+    return model(x)
+
+
 @torch.no_grad()
 def evaluate(model: TappedNet, images: torch.Tensor, labels: torch.Tensor,
              batch_size: int = 512) -> float:
@@ -284,7 +296,7 @@ def evaluate(model: TappedNet, images: torch.Tensor, labels: torch.Tensor,
     model.eval()
     correct = 0
     for i in range(0, len(images), batch_size):
-        logits = model(images[i:i + batch_size], taps=("fc8",))["fc8"]
+        logits = logits_of(model, images[i:i + batch_size])
         correct += int((logits.argmax(1) == labels[i:i + batch_size]).sum())
     model.train(was_training)
     return correct / max(1, len(images))
@@ -297,8 +309,9 @@ def train_demo_network(
 ) -> tuple[TappedNet, dict]:
     """Train a demo classifier on the training split; returns (model in eval mode, metrics).
 
-    ``variant``: "a" (:func:`demo_network`, default seed 0) or "b"
-    (:func:`independent_network`, default seed 1); 20 epochs by default for both.
+    ``variant``: "a" (:func:`demo_network`, default seed 0), "b"
+    (:func:`independent_network`, default seed 1), 20 epochs by default for both, or
+    "resnet" (:class:`generator.digits_resnet.DigitsResNet`, seed 2, 10 epochs).
     ``steps`` overrides ``epochs`` (optimizer steps in all; for tests). AdamW
     with a one-cycle schedule, random shifts of up to ``max_shift`` pixels. The same seed, settings, torch build
     and CPU give identical weights (``threads`` is fixed for that: the split of
@@ -329,7 +342,7 @@ def train_demo_network(
                     break
                 idx = order[i:i + batch_size]
                 x = random_shifts(train_x[idx], max_shift, data_rng)
-                loss = F.cross_entropy(model(x, taps=("fc8",))["fc8"], train_y[idx])
+                loss = F.cross_entropy(logits_of(model, x), train_y[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -523,3 +536,15 @@ def trained_independent_network(seed: int = 1, cache_dir: str | os.PathLike | No
                                 ) -> tuple[TappedNet, str]:
     """The trained :func:`independent_network` (the independent classifier), as above."""
     return _trained("b", seed, cache_dir)
+
+
+def trained_digits_resnet(seed: int = 2, cache_dir: str | os.PathLike | None = None,
+                                  ) -> nn.Module:
+    """The trained :class:`generator.digits_resnet.DigitsResNet` (10 epochs of the same
+    recipe; trained on first use, then cached), in eval mode, with the attributes a
+    network reference reads: ``preprocessing`` (:data:`DEMO_PREPROCESSING`) and
+    ``weights_sha256`` (its cached weights file's)."""
+    model, checksum = _trained("resnet", seed, cache_dir)
+    model.preprocessing = DEMO_PREPROCESSING
+    model.weights_sha256 = checksum
+    return model

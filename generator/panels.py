@@ -29,7 +29,8 @@ from common.files import atomic_path
 
 __all__ = ["grid", "save_jpeg", "photo_panel", "receptive_field", "practice_panels",
            "PRACTICE_GROUPS", "MIXED_GROUPS", "PRACTICE_MIXED", "main", "JPEG_QUALITY",
-           "catch_panels", "catch_geometry", "CATCH_POSITIVE", "CATCH_NEGATIVE", "CATCH_SIDE"]
+           "catch_panels", "catch_geometry", "CATCH_POSITIVE", "CATCH_NEGATIVE", "CATCH_SIDE",
+           "gradient_field"]
 
 #: Quality of panel JPEGs: legible 10x10 grids at a fraction of PNG's size.
 JPEG_QUALITY = 85
@@ -70,10 +71,13 @@ def receptive_field(model, tap: str, location: tuple[int, int]) -> tuple[int, in
     """(top, left, bottom, right) of the input pixels that ``tap`` at ``location`` sees.
 
     Walks the network's steps (convolutions and pools) up to the tap, clipped
-    to the input.
+    to the input; for a network that is no list of steps (a referenced network,
+    :class:`generator.hooked.HookedNet`), measured instead: :func:`gradient_field`.
     """
     from torch import nn  # the practice panels never need torch
 
+    if not hasattr(model, "_order"):
+        return gradient_field(model, tap, location)
     step = model.taps[tap]
     y0 = y1 = location[0]
     x0 = x1 = location[1]
@@ -92,6 +96,35 @@ def receptive_field(model, tap: str, location: tuple[int, int]) -> tuple[int, in
             x0, x1 = x0 * s - p, x1 * s - p + k - 1
     _, height, width = model.input_shape
     return max(0, y0), max(0, x0), min(height, y1 + 1), min(width, x1 + 1)
+
+
+def gradient_field(model, tap: str, location: tuple[int, int], trials: int = 4,
+                   seed: int = 0) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the input pixels that ``tap`` at ``location`` depends
+    on, measured: the bounding box of the input's nonzero gradient of the tap's channels
+    summed at that location, over ``trials`` random inputs (a ReLU closed on one input is
+    open on another). Exact for any feed-forward network whose functions are nonzero
+    almost everywhere in their inputs (convolutions, pools, ReLUs, batch norm); a network
+    that mixes all positions (attention, global pooling before the tap) sees the whole
+    input, as it should."""
+    import torch
+
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else None
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn((trials, *model.input_shape), generator=generator).to(device)
+    x.requires_grad_(True)
+    with torch.enable_grad():
+        out = model(x, [tap])[tap]
+        y, x0 = location
+        (grad,) = torch.autograd.grad(out[:, :, y, x0].sum(), x)
+    seen = grad.abs().sum(dim=(0, 1)) > 0
+    rows = torch.nonzero(seen.any(dim=1)).flatten()
+    cols = torch.nonzero(seen.any(dim=0)).flatten()
+    if len(rows) == 0:    # no gradient at all (a dead unit on every trial): the whole input
+        _, height, width = model.input_shape
+        return 0, 0, height, width
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
 def _cover(image: Image.Image, size: int) -> np.ndarray:

@@ -93,6 +93,12 @@ class Models:
     ids: dict = field(default_factory=dict)  # names and checksums, for the record
     independent: nn.Module | None = None  # an independent classifier (recognisability)
     init_codes: torch.Tensor | None = None  # real codes to draw starting points from
+    code_tap: str = "fc6"  # the classifier's tap of the generator's code (the prior term)
+
+    @property
+    def output_tap(self) -> str:
+        """The classifier's logits (``fc8`` for the networks by name)."""
+        return getattr(self.classifier, "output_tap", "fc8")
 
 
 def _for_sampling(generator: nn.Module, classifier: nn.Module,
@@ -114,9 +120,12 @@ def load_models(network: str, generator: str, *, weights: str | None = None,
     the same functions, faster gradients to the input. The demo pair comes with the
     demo's independent classifier (:attr:`Models.independent`).
     """
+    if generator == "demo" and network != "demo":
+        return _with_condition(load_models("demo", "demo", device=device), network, weights,
+                               device)
     if network == "demo" or generator == "demo":
         if (network, generator) != ("demo", "demo"):
-            raise ValueError("the demo generator goes with the demo network: "
+            raise ValueError("the demo network goes with the demo generator: "
                              "--network demo --generator demo")
         classifier, _, net_sum = load_network("demo", device=device)
         gen, gen_sum = digits_generator.trained_demo_generator(network=(classifier, net_sum))
@@ -147,6 +156,24 @@ def load_models(network: str, generator: str, *, weights: str | None = None,
                   lambda x: to_pixels(x.detach().cpu(), in_range=(-120, 120)),
                   {"network": network, "network_sha256": net_sum, "generator": generator,
                    "generator_sha256": gen_sum})
+
+
+def _with_condition(models: Models, network: str, weights: str | None,
+                    device: str | torch.device) -> Models:
+    """``models`` (a generator with its own encoder) conditioned on another network: its
+    layers' units are the targets, the prior term still reads the code from the
+    generator's encoder (:class:`generator.condition.ConditionWithEncoder`). The
+    independent classifier stays the demo's, where there is one."""
+    from .condition import CODE_TAP, ConditionWithEncoder
+
+    condition, _, net_sum = load_network(network, weights, device=device)
+    classifier = ConditionWithEncoder(gradient_copy(condition), models.classifier,
+                                      models.code_tap)
+    ids = {**models.ids, "network": network, "network_sha256": net_sum,
+           "encoder": models.ids.get("network"),
+           "encoder_sha256": models.ids.get("network_sha256")}
+    return Models(classifier, models.generator, models.crop, models.code_dim,
+                  models.to_pixels, ids, models.independent, models.init_codes, CODE_TAP)
 
 
 def target_for(classifier: nn.Module, layer: str) -> Target:
@@ -418,7 +445,8 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
     todo = [u for u in mine if not (out / "units" / f"{_unit_stem(layer, u)}.json").exists()]
     sampler = Sampler(models.generator, models.classifier, target, settings=settings,
                       crop=models.crop, code_dim=models.code_dim, seed=seed, layer_name=layer,
-                      init_codes=models.init_codes, amp=amp)
+                      init_codes=models.init_codes, amp=amp, code_tap=models.code_tap)
+    logits = is_logits(models.classifier, target)
     schedule = _Schedule(todo, images_per_unit, max_chains, samples_per_chain(settings),
                          speculate=settings.threshold is not None)
     on_cpu = next(models.generator.parameters()).device.type == "cpu"
@@ -468,7 +496,8 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
                 if run is None or not run.add(chain, candidates, passed):
                     schedule.chains_unused += 1
                 elif run.done:
-                    _save_unit(out, layer, unit, run, side, box, target, settings, blank)
+                    _save_unit(out, layer, unit, run, side, box, target, settings, blank,
+                               logits)
                     del schedule.active[unit]
                     bar.update(1)
                     if len(run.kept) < images_per_unit:
@@ -501,6 +530,20 @@ def _pixel_shape(models: Models) -> tuple[int, ...]:
 
 
 @torch.inference_mode()
+def is_logits(classifier: nn.Module, target: Target) -> bool:
+    """Whether ``target`` is the classifier's logits: its output tap (``fc8`` for the
+    networks by name), or an fc layer with as many units as the output (a referenced
+    network's last ``nn.Linear``, e.g. ResNet's ``fc``). Only then do its images have a
+    share classified as the target unit's class."""
+    output = getattr(classifier, "output_tap", "fc8")
+    if target.tap == output:
+        return True
+    if target.location is not None:
+        return False
+    shapes = classifier.layer_shapes([target.tap, output])
+    return shapes[target.tap] == shapes[output]
+
+
 def _collect(models: Models, samples: list[Sample]) -> list[tuple]:
     """(sample, pixels, top class, the independent classifier's top class) for each sample."""
     if not samples:
@@ -508,7 +551,8 @@ def _collect(models: Models, samples: list[Sample]) -> list[tuple]:
     images = torch.stack([s.image for s in samples])
     device = next(models.classifier.parameters()).device
     x = models.crop(images.to(device))
-    top = models.classifier(x, ["fc8"])["fc8"].argmax(1).cpu().tolist()
+    output = models.output_tap
+    top = models.classifier(x, [output])[output].argmax(1).cpu().tolist()
     independent = (models.independent(x, ["fc8"])["fc8"].argmax(1).cpu().tolist()
                    if models.independent is not None else [None] * len(samples))
     pixels = models.to_pixels(images)
@@ -516,9 +560,14 @@ def _collect(models: Models, samples: list[Sample]) -> list[tuple]:
 
 
 def _save_unit(out: Path, layer: str, unit: int, run: _UnitRun, side: int, box,
-               target: Target, settings: Settings, blank: tuple[int, ...]) -> None:
+               target: Target, settings: Settings, blank: tuple[int, ...],
+               logits: bool | None = None) -> None:
     """A unit's files: its images (.npz), its panel (.jpg), then its figures (.json), which
-    mark it done; each written atomically (:func:`generator.unit_files.save_unit`)."""
+    mark it done; each written atomically (:func:`generator.unit_files.save_unit`).
+    ``logits``: whether the target is the network's logits (:func:`is_logits`; None:
+    whether it is ``fc8``)."""
+    if logits is None:
+        logits = target.tap == "fc8"
     kept = run.kept
     pixels = np.stack([s[1] for s in kept]) if kept else np.zeros((0, *blank), np.uint8)
     acts = np.array([s[0].activation for s in kept], dtype=np.float64)
@@ -532,7 +581,7 @@ def _save_unit(out: Path, layer: str, unit: int, run: _UnitRun, side: int, box,
         "min_activation": float(acts.min()) if kept else None,
         "min_prob": float(probs.min()) if kept else None,
         "top_class": None, "top_class_share": None,
-        "target_share": (float((tops == unit).mean()) if target.tap == "fc8" and kept
+        "target_share": (float((tops == unit).mean()) if logits and kept
                          else None),
         "threshold": settings.threshold, "pass_rate": run.passed / max(1, run.candidates),
         "n_passed": run.passed, "n_candidates": run.candidates, "chains": run.chains,
@@ -545,7 +594,7 @@ def _save_unit(out: Path, layer: str, unit: int, run: _UnitRun, side: int, box,
         if kept[0][3] is not None:
             independent = np.array([s[3] for s in kept])
             info["independent_target_share"] = (float((independent == unit).mean())
-                                                if target.tap == "fc8" else None)
+                                                if logits else None)
     arrays = {"activations": acts, "probs": probs,
               "chains": np.array([s[0].chain for s in kept], dtype=np.int64),
               "steps": np.array([s[0].step for s in kept], dtype=np.int64)}
@@ -567,7 +616,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         description="Activation-maximization images and 10x10 panels with a PPGN sampler "
                     "(noiseless joint PPGN-h, docs/networks.md). Runs resume per unit.",
     )
-    parser.add_argument("--network", required=True, help="caffenet, bvlc_alexnet, alexnet, demo")
+    parser.add_argument("--network", required=True,
+                        help="caffenet, bvlc_alexnet, alexnet, demo, or a reference "
+                             "(torchvision:<name>, module.path:callable, file.py:callable; "
+                             "docs/networks.md): with --generator demo, the network whose "
+                             "units are the targets, the prior still through the demo "
+                             "network's fc6 (generator/condition.py)")
     parser.add_argument("--weights", help="the network's weights (.caffemodel or .pth)")
     parser.add_argument("--generator", required=True,
                         help="DeePSiM fc6 generator weights (.caffemodel or .pth), or demo")
