@@ -72,6 +72,8 @@ example: install
 bench: install
 	$(BIN)/python benchmarks/selectivity.py
 	$(BIN)/python benchmarks/record.py
+	$(BIN)/python benchmarks/record_resnet.py
+	$(BIN)/python benchmarks/am_methods.py
 	$(BIN)/python benchmarks/table2.py
 	$(BIN)/python benchmarks/server_load.py
 

@@ -4,9 +4,10 @@ of the same network's bare forward/backward rate.
     python benchmarks/am_methods.py [--size 224] [--batch 8] [--steps 10] [--threads N]
                                     [--skip-demo] [--skip-resnet]
 
-For the demo network (fc8, 32x32 grey, trained on first use) and a ResNet-18-like network
-(BasicBlocks 2-2-2-2, 64-512 channels, batch norm, random weights: speed does not depend
-on the values; its ``fc`` unit, ``--size`` RGB), it times :func:`generator.fourier.render`
+For the demo network (fc8, 32x32 grey, trained on first use) and ResNet-18
+(``--network torchvision:resnet18``: torchvision's, or the project's copy where it cannot
+import; random weights: speed does not depend on the values; its ``fc`` unit, ``--size``
+RGB, read through forward hooks), it times :func:`generator.fourier.render`
 (the Fourier parameterisation, colour decorrelation for RGB, lucid's transforms, the
 preprocessing, forward to the target, backward, Adam) and, on the same batch, the
 network's bare step: a forward of a fixed input to the target and the backward to the
@@ -24,46 +25,8 @@ from torch import nn
 
 from generator import fourier
 from generator.digits import training_environment
-from generator.networks import Preprocessing, TappedNet, gradient_copy
+from generator.networks import Preprocessing, gradient_copy
 from generator.threads import available_cpus, torch_threads
-
-
-class Block(nn.Module):
-    """ResNet's BasicBlock: two 3x3 convolutions with batch norm and a shortcut."""
-
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                   nn.BatchNorm2d(cout))
-                     if stride != 1 or cin != cout else nn.Identity())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(y)) + self.down(x))
-
-
-def resnet18_like(size: int) -> TappedNet:
-    steps = [("conv1", nn.Conv2d(3, 64, 7, 2, 3, bias=False)), ("bn1", nn.BatchNorm2d(64)),
-             ("relu", nn.ReLU()), ("maxpool", nn.MaxPool2d(3, 2, 1))]
-    cin = 64
-    for i, cout in enumerate((64, 128, 256, 512), 1):
-        stride = 1 if i == 1 else 2
-        steps.append((f"layer{i}", nn.Sequential(Block(cin, cout, stride),
-                                                 Block(cout, cout, 1))))
-        cin = cout
-    steps += [("avgpool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
-              ("fc", nn.Linear(512, 1000))]
-    taps = {"layer4": "layer4", "fc": "fc"}
-    return TappedNet(steps, taps, (3, size, size)).eval()
-
-
-IMAGENET = Preprocessing(size=256, resize="shorter", crop=224, channels="RGB",
-                         scale=1 / 255, mean=(0.485, 0.456, 0.406),
-                         std=(0.229, 0.224, 0.225))
 
 
 def bare_rate(net: nn.Module, tap: str, shape, steps: int) -> float:
@@ -112,11 +75,20 @@ def main() -> None:
                                       args.steps),
                          bare_rate(net, "fc8", (args.demo_batch, 1, 32, 32), args.steps)))
         if not args.skip_resnet:
-            net = resnet18_like(args.size)
-            for p in net.parameters():
-                p.requires_grad_(False)
-            rows.append((f"ResNet-18-like fc (3x{args.size}x{args.size})", args.batch,
-                         fourier_rate(net, IMAGENET, "fc", args.batch, args.steps),
+            from generator.loading import build_network
+
+            # torchvision's ResNet-18 (or the project's copy of it), random weights, read
+            # through forward hooks as every referenced network is (generator/hooked.py)
+            net, spec = build_network(
+                "torchvision:resnet18",
+                f"size={args.size},resize=square,crop={args.size}")
+            net = gradient_copy(net.eval())
+            preprocessing = spec.preprocessing_named(None) if args.size == 224 else \
+                Preprocessing(size=args.size, resize="square", crop=args.size, channels="RGB",
+                              scale=1 / 255, mean=(0.485, 0.456, 0.406),
+                              std=(0.229, 0.224, 0.225))
+            rows.append((f"torchvision:resnet18 fc (3x{args.size}x{args.size})", args.batch,
+                         fourier_rate(net, preprocessing, "fc", args.batch, args.steps),
                          bare_rate(net, "fc", (args.batch, 3, args.size, args.size),
                                    args.steps)))
     print("| network | batch | fourier image-steps/s | bare forward+backward rows/s | "
