@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["FILE_MODE", "atomic_path", "atomic_write_bytes", "atomic_write_text", "cache_dir",
-           "sha256_file"]
+           "sha256_file", "fsync_dir"]
 
 #: The mode of every file the project writes, before the umask: what ``open(path, "w")``
 #: gives (0644 under the usual umask 022), not mkstemp's private 0600.
@@ -77,3 +77,18 @@ def cache_dir() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parent.parent / ".cache"
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a folder's entries durable (a file just moved into it survives a crash);
+    where the system cannot open or sync a folder, nothing happens."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -48,7 +48,14 @@ from . import fourier, natural
 from .networks import TappedNet, gradient_copy
 from .panels import receptive_field
 from .threads import available_cpus, torch_threads, use_available_cpus, worker_pool
-from .unit_files import METHODS, check_settings, save_unit, unit_stem, write_manifest
+from .unit_files import (
+    METHODS,
+    check_settings,
+    recognition_lines,
+    save_unit,
+    unit_stem,
+    write_manifest,
+)
 
 __all__ = ["OBJECTIVES", "TILES", "fourier_box", "generate_fourier", "main"]
 
@@ -422,11 +429,8 @@ def _summarise(manifest: Path) -> None:
     values = [float(r["mean_activation"]) for r in rows if r["mean_activation"]]
     if values:
         print(f"  mean target activation {sum(values) / len(values):.3g}")
-    for key, label in (("target_share", "classified as the target by the network"),
-                       ("independent_target_share", "by the independent classifier")):
-        values = [float(r[key]) for r in rows if r.get(key)]
-        if values:
-            print(f"  images {label}: {100 * sum(values) / len(values):.1f}%")
+    for line in recognition_lines(rows):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ methods").
   ppgn or fourier conv tile of the network) and moved inside the image where it would
   cross the border. With the table's ``reduction`` ``max``, the recomputed maxima must
   match the table's values (or the table was recorded with another network, weights or
-  preprocessing: an error says so). A network that is not a
-  :class:`~generator.networks.TappedNet` has no receptive fields here: its conv tiles
-  are the whole image.
+  preprocessing: an error says so). The receptive field is walked through a
+  :class:`~generator.networks.TappedNet`'s steps, measured by gradients for any other
+  network (:func:`generator.panels.gradient_field`).
 
 :func:`generate` writes the unit files, panels and manifests of
 :mod:`generator.unit_files` (stems ``natural_<layer>_<unit:04d>``): ``activations`` (the
@@ -55,10 +55,10 @@ from torch import nn
 from analysis.activations import ActivationTable, ActivationTableError, open_table
 
 from .networks import Preprocessing
-from .panels import receptive_field
+from .panels import receptive_field, unclipped_field
 from .unit_files import check_settings, save_unit, unit_stem, write_manifest
 
-__all__ = ["top_k", "table_preprocessing", "load_images", "to_pixels", "field",
+__all__ = ["top_k", "table_preprocessing", "load_images", "to_pixels",
            "tile_window", "conv_windows", "generate", "SELECTION"]
 
 log = logging.getLogger("generator.natural")
@@ -134,35 +134,11 @@ def to_pixels(x: torch.Tensor, preprocessing: Preprocessing) -> np.ndarray:
     return pixels.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
-def field(model: nn.Module, tap: str, location: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) of the receptive field of ``tap`` at ``location``, not
-    clipped to the input (:func:`generator.panels.receptive_field` clips it)."""
-    step = model.taps[tap]
-    y0 = y1 = location[0]
-    x0 = x1 = location[1]
-    chain = []
-    for name in model._order:
-        chain.append(model._modules[name])
-        if name == step:
-            break
-    for module in reversed(chain):
-        if isinstance(module, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
-            k, s, p = (_first(module.kernel_size), _first(module.stride),
-                       _first(module.padding))
-            y0, y1 = y0 * s - p, y1 * s - p + k - 1
-            x0, x1 = x0 * s - p, x1 * s - p + k - 1
-    return y0, x0, y1 + 1, x1 + 1
-
-
-def _first(v) -> int:
-    return v if isinstance(v, int) else v[0]
-
-
 def tile_window(model: nn.Module, tap: str, location: tuple[int, int],
                 size: tuple[int, int]) -> tuple[int, int, int, int]:
     """A ``size`` (h, w) window of the input centred on the receptive field of ``tap`` at
     ``location``, moved inside the input where it would cross the border."""
-    top, left, bottom, right = field(model, tap, location)
+    top, left, bottom, right = unclipped_field(model, tap, location)
     _, height, width = model.input_shape
     h, w = size
     y = math.floor((top + bottom - h) / 2 + 0.5)
@@ -177,22 +153,18 @@ def conv_windows(model: nn.Module, tap: str, unit: int, x: torch.Tensor,
                  batch: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each image of ``x``: the location (y, x) of the maximum of ``unit``'s map of
     ``tap`` (the first in row-major order), the maximum, and its tile's window
-    (:func:`tile_window`; the whole image for networks without receptive fields)."""
+    (:func:`tile_window`)."""
     maps = torch.cat([model(x[i:i + batch], [tap])[tap][:, unit].float().cpu()
                       for i in range(0, len(x), batch)])
     flat = maps.flatten(1)
     best = flat.argmax(1)
     width = maps.shape[-1]
     locations = np.stack([(best // width).numpy(), (best % width).numpy()], 1)
-    _, height, img_width = x.shape[1:]
-    if hasattr(model, "_order"):
-        centre = (maps.shape[-2] // 2, maps.shape[-1] // 2)
-        top, left, bottom, right = receptive_field(model, tap, centre)
-        size = (bottom - top, right - left)
-        boxes = np.array([tile_window(model, tap, (int(y), int(x_)), size)
-                          for y, x_ in locations], dtype=np.int64).reshape(-1, 4)
-    else:
-        boxes = np.tile(np.array([0, 0, height, img_width], np.int64), (len(x), 1))
+    centre = (maps.shape[-2] // 2, maps.shape[-1] // 2)
+    top, left, bottom, right = receptive_field(model, tap, centre)
+    size = (bottom - top, right - left)
+    boxes = np.array([tile_window(model, tap, (int(y), int(x_)), size)
+                      for y, x_ in locations], dtype=np.int64).reshape(-1, 4)
     return locations.astype(np.int64), flat.max(1).values.numpy(), boxes
 
 

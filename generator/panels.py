@@ -30,7 +30,7 @@ from common.files import atomic_path
 __all__ = ["grid", "save_jpeg", "photo_panel", "receptive_field", "practice_panels",
            "PRACTICE_GROUPS", "MIXED_GROUPS", "PRACTICE_MIXED", "main", "JPEG_QUALITY",
            "catch_panels", "catch_geometry", "CATCH_POSITIVE", "CATCH_NEGATIVE", "CATCH_SIDE",
-           "gradient_field"]
+           "gradient_field", "unclipped_field"]
 
 #: Quality of panel JPEGs: legible 10x10 grids at a fraction of PNG's size.
 JPEG_QUALITY = 85
@@ -74,6 +74,17 @@ def receptive_field(model, tap: str, location: tuple[int, int]) -> tuple[int, in
     to the input; for a network that is no list of steps (a referenced network,
     :class:`generator.hooked.HookedNet`), measured instead: :func:`gradient_field`.
     """
+    if not hasattr(model, "_order"):
+        return gradient_field(model, tap, location)
+    top, left, bottom, right = unclipped_field(model, tap, location)
+    _, height, width = model.input_shape
+    return max(0, top), max(0, left), min(height, bottom), min(width, right)
+
+
+def unclipped_field(model, tap: str, location: tuple[int, int]) -> tuple[int, int, int, int]:
+    """:func:`receptive_field` before it is clipped to the input (it may begin before 0
+    and end after the input's side, in the padding), for a network of steps; measured
+    (and so clipped) for any other network."""
     from torch import nn  # the practice panels never need torch
 
     if not hasattr(model, "_order"):
@@ -86,16 +97,16 @@ def receptive_field(model, tap: str, location: tuple[int, int]) -> tuple[int, in
         chain.append(model._modules[name])
         if name == step:
             break
+
+    def first(v) -> int:
+        return v if isinstance(v, int) else v[0]
+
     for module in reversed(chain):
         if isinstance(module, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
-            k, s, p = (module.kernel_size, module.stride, module.padding)
-            k = k if isinstance(k, int) else k[0]
-            s = s if isinstance(s, int) else s[0]
-            p = p if isinstance(p, int) else p[0]
+            k, s, p = first(module.kernel_size), first(module.stride), first(module.padding)
             y0, y1 = y0 * s - p, y1 * s - p + k - 1
             x0, x1 = x0 * s - p, x1 * s - p + k - 1
-    _, height, width = model.input_shape
-    return max(0, y0), max(0, x0), min(height, y1 + 1), min(width, x1 + 1)
+    return y0, x0, y1 + 1, x1 + 1
 
 
 def gradient_field(model, tap: str, location: tuple[int, int], trials: int = 4,

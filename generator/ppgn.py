@@ -57,7 +57,7 @@ from .networks import gradient_copy
 from .panels import receptive_field
 from .sampler import Sample, Sampler, Settings, Target, settings_for
 from .threads import available_cpus, torch_threads, use_available_cpus, worker_pool
-from .unit_files import MANIFEST_COLUMNS, layer_summary, save_unit
+from .unit_files import MANIFEST_COLUMNS, layer_summary, recognition_lines, save_unit
 
 __all__ = [
     "Models",
@@ -749,11 +749,8 @@ def _summarise(manifest: Path) -> None:
                   + ", ".join(f"{r['unit']} ({r['n_images']}, pass rate "
                               f"{100 * float(r['pass_rate']):.1f}%)" for r in short[:20])
                   + (" ..." if len(short) > 20 else ""))
-    for key, label in (("target_share", "classified as the target by the network"),
-                       ("independent_target_share", "by the independent classifier")):
-        values = [float(r[key]) for r in rows if r.get(key)]
-        if values:
-            print(f"  images {label}: {100 * sum(values) / len(values):.1f}%")
+    for line in recognition_lines(rows):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from common.files import atomic_path, atomic_write_text
 from .panels import grid, save_jpeg
 
 __all__ = ["METHODS", "MANIFEST_COLUMNS", "unit_stem", "save_unit", "check_settings",
-           "write_manifest", "layer_summary", "combine_manifests"]
+           "write_manifest", "layer_summary", "combine_manifests", "recognition_lines"]
 
 #: The panel methods (``python -m generator.am --method``).
 METHODS = ("ppgn", "fourier", "natural")
@@ -131,3 +131,16 @@ def combine_manifests(out: Path) -> None:
         with open(layer_file, newline="") as fh:
             writer.writerows(csv.DictReader(fh))
     atomic_write_text(out / "manifest.csv", buffer.getvalue())
+
+
+def recognition_lines(rows: list[dict]) -> list[str]:
+    """What a manifest's rows say of how recognisable the images are: the mean share
+    classified as the target unit's class, by the network and by the independent
+    classifier (the lines a run prints after its manifest)."""
+    lines = []
+    for key, label in (("target_share", "classified as the target by the network"),
+                       ("independent_target_share", "by the independent classifier")):
+        values = [float(r[key]) for r in rows if r.get(key)]
+        if values:
+            lines.append(f"  images {label}: {100 * sum(values) / len(values):.1f}%")
+    return lines

@@ -83,6 +83,8 @@ from flask.cli import with_appcontext
 from sqlalchemy import Select, func, select
 from sqlalchemy.engine import Connection
 
+from common.files import fsync_dir
+
 from .exclusion import evaluate_all, reasons_of
 from .store import Store, get_store, panels, participants, responses
 
@@ -455,21 +457,8 @@ def write_exports(store: Store, out_dir: str | os.PathLike, names: Iterable[str]
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
-    _fsync_dir(out)
+    fsync_dir(out)
     return rows
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- command line ---------------------------------------------------------------------------

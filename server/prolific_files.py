@@ -65,6 +65,7 @@ from sqlalchemy import and_, exists, select
 from sqlalchemy.engine import Connection
 
 from analysis.exclusion import Rules
+from common.files import fsync_dir
 
 from .admin import bp
 from .auth import current_admin
@@ -242,7 +243,7 @@ def _write_batch(store: Store, out_dir: str | os.PathLike, kind: str, stem: str,
             raise PlacementError(f"{path}: recorded {len(rows)} participants as batch {name} "
                                  f"but could not move the file into place ({exc}); its rows "
                                  f"are in {tmp}: rename it to {name}") from exc
-        _fsync_dir(out)
+        fsync_dir(out)
         return path, rows
     finally:
         if not committed:
@@ -250,19 +251,6 @@ def _write_batch(store: Store, out_dir: str | os.PathLike, kind: str, stem: str,
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_approvals(store: Store, out_dir: str | os.PathLike, at: float | None = None,
