@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
 import logging
 import math
 import os
@@ -48,8 +47,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.files import atomic_write_text
-
 from . import digits, digits_generator, unit_files
 from .deepsim import crop_to_classifier, load_generator, to_pixels
 from .loading import load_network
@@ -57,7 +54,13 @@ from .networks import gradient_copy
 from .panels import receptive_field
 from .sampler import Sample, Sampler, Settings, Target, settings_for
 from .threads import available_cpus, torch_threads, use_available_cpus, worker_pool
-from .unit_files import MANIFEST_COLUMNS, layer_summary, recognition_lines, save_unit
+from .unit_files import (
+    MANIFEST_COLUMNS,
+    check_settings,
+    layer_summary,
+    recognition_lines,
+    save_unit,
+)
 
 __all__ = [
     "Models",
@@ -429,17 +432,7 @@ def generate(models: Models, layer: str, units: Sequence[int], out_dir: str | Pa
               "tile_box": box, **models.ids, **(record or {})}
     (out / "units").mkdir(parents=True, exist_ok=True)
     (out / "panels").mkdir(parents=True, exist_ok=True)
-    settings_file = out / f"settings_{layer}.json"
-    if settings_file.exists():
-        old = json.loads(settings_file.read_text())
-        old.pop("summary", None)  # the figures of a finished layer, added by write_manifest
-        new = json.loads(json.dumps(record))
-        if old != new:
-            diff = sorted(k for k in {*new, *old} if old.get(k) != new.get(k))
-            raise ValueError(f"{out} holds {layer} panels made with other settings "
-                             f"({', '.join(diff)}); use another --out")
-    else:
-        atomic_write_text(settings_file, json.dumps(record, indent=2))
+    check_settings(out, layer, record)
 
     mine = [u for i, u in enumerate(units) if i % shard[1] == shard[0]]
     todo = [u for u in mine if not (out / "units" / f"{_unit_stem(layer, u)}.json").exists()]
