@@ -444,8 +444,11 @@ def test_the_dashboard_refuses_without_csrf_or_login(world):
 def test_the_command_line_writes_both_files_once(world, tmp_path):
     app = world
     walker = Participant(app.test_client())                  # through the real flow
-    walker.ready()
-    walker.answer_all()
+    for trial in walker.ready()["trials"]:                   # attentive: no to the catch
+        yes = trial["panel_id"] != CATCH
+        response = walker.answer(trial["index"], yes, "a dog" if yes else None,
+                                 trial["panel_id"])
+        assert response.status_code == 201, response.get_json()
     caught = add(app, catch_yes=True)
     out = tmp_path / "prolific"
     runner = app.test_cli_runner()
