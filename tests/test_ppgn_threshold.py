@@ -68,8 +68,16 @@ def test_conv5_on_the_demo_pair_keeps_only_samples_above_the_threshold(tmp_path,
         row = rows[unit]
         assert float(row["threshold"]) == 0.98 and int(row["chains"]) == info["chains"]
         assert float(row["pass_rate"]) == pytest.approx(info["pass_rate"])
-    done = {u: not unit_files(tmp_path, "conv5", u)[1]["short"] for u in units}
-    assert done[0] and done[5], done  # units that pass often get their 4 images
+    # A unit stops once its 4 images pass, or falls short only after its whole budget
+    # (8 chains of 60 steps). Which units pass often depends on the trained weights
+    # (unit 5 got its 4 images on an Intel Xeon, 3 on an AMD EPYC), so no unit is named;
+    # but the threshold lets samples through on any reasonably trained pair (the
+    # machines tried: 3-4 images a unit).
+    for unit in units:
+        info = unit_files(tmp_path, "conv5", unit)[1]
+        assert info["n_images"] == 4 or info["chains"] == 8, (unit, info)
+        assert info["n_images"] == min(4, info["n_passed"]), (unit, info)
+    assert sum(unit_files(tmp_path, "conv5", u)[1]["n_images"] for u in units) >= 4
     recorded = json.loads((tmp_path / "settings_conv5.json").read_text())
     assert recorded["settings"]["threshold"] == 0.98 and recorded["max_chain_steps"] == 480
     summary = recorded["summary"]
