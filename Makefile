@@ -13,7 +13,7 @@ APT_LOCK_TIMEOUT ?= 600
 # STRICT=1: a test that would skip for a missing chromium, WordNet or PostgreSQL fails
 # instead, and so does the run if any test skipped (tests/system_deps.py). CI=true implies it.
 STRICT ?= $(SELECTIVITY_STRICT)
-OUT    ?= out/demo
+OUT    ?=
 ARGS   ?=
 
 .PHONY: install system-packages test lint demo example bench clean chromium wordnet
@@ -59,11 +59,13 @@ test: lint
 # generator (trained once, cached in .cache/), activations, selectivity, the paper's
 # tables and figures, AM panels for every conv5/fc6/fc8 unit, practice panels, the
 # design, the SQLite store; then it serves the experiment at http://127.0.0.1:5000 and
-# prints the admin password. Every stage is cached in $(OUT). Options through ARGS:
+# prints the admin password. Every stage is cached in OUT (default out/demo; out/demo-resnet
+# with --network resnet). Options through ARGS:
 #   make demo ARGS="--simulate 60"   simulated participants, export, Table 2
 #   make demo ARGS="--port 8080"
+#   make demo ARGS="--network resnet --methods ppgn,fourier,natural --simulate 60"
 demo: install
-	$(BIN)/python -m experiment.demo --out $(OUT) $(ARGS)
+	$(BIN)/python -m experiment.demo $(if $(OUT),--out $(OUT)) $(ARGS)
 
 # The analysis alone on a generated table with known structure.
 example: install

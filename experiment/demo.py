@@ -2,6 +2,7 @@
 
     python -m experiment.demo                  # build (cached) and serve at 127.0.0.1:5000
     python -m experiment.demo --simulate 60    # ... then simulated participants, Table 2
+    python -m experiment.demo --network resnet --methods ppgn,fourier,natural --simulate 60
 
 Stages, each one of the project's own commands (run as a subprocess, so this module
 never imports torch, and each stage can be rerun by hand):
@@ -27,6 +28,21 @@ never imports torch, and each stage can be rerun by hand):
 7. ``load``: the study into the SQLite store of ``OUT/instance`` (a changed design
    replaces the demo store's study, and any answers in it).
 
+``--methods ppgn,fourier,natural`` (docs/networks.md, "Panel methods"): besides PPGN's
+panels (the paper's, in ``OUT/am``), a panel of every rated unit by each other method
+(``panels-<layer>-fourier`` into ``OUT/am/fourier``, ``panels-<layer>-natural`` into
+``OUT/am/natural``, the same units as PPGN's); the design deals them all, layer x method
+balanced and no unit twice in a list (docs/study-design.md, "Methods"), and Table 2 is
+given per layer x method. The default is ``ppgn`` alone: the study as before methods.
+
+``--network resnet``: the same study of the demo's second architecture, a small ResNet
+(:mod:`generator.digits_resnet`, trained on first use and cached), through the generic
+path a user's own model takes: recorded by module name (``layer2``, ``layer3``, ``fc``)
+from the reference ``generator.digits:trained_digits_resnet``, its PPGN panels drawn
+with the demo generator (the prior through the demo network's fc6). Its outputs go to
+their own folder (default ``out/demo-resnet``); a folder built for one network is refused
+to the other (:func:`check_network`). See :data:`NETWORKS` for what differs.
+
 Then an admin account gets a new random password (printed), and gunicorn serves the
 experiment at http://127.0.0.1:PORT until Ctrl-C.
 
@@ -41,11 +57,15 @@ served on a free port; N simulated participants take it over HTTP
 panel (:mod:`generator.rater`), except a share of inattentive ones (``--inattentive``,
 default 0.2) who answer at random and fast; the store is checked, the data exported
 (``python -m server export``, which applies the exclusion rules) and Table 2 computed
-(``analysis/table2.py``) and printed. Then the exclusion is held against the
-simulation's truth (``simulation/truth.csv``, who was inattentive): who the rules
-excluded and kept, and Table 2 three ways, of every participant, after exclusion, and
-of the attentive ones alone (the truth), with each one's distance from the truth
-(:func:`exclusion_report`; written to ``simulation/exclusion.md``).
+(``analysis/table2.py``, with the study file: per layer x method where there are several
+methods, with the mixed model's test of the method effect) and printed. Then the
+exclusion is held against the simulation's truth (``simulation/truth.csv``, who was
+inattentive): who the rules excluded and kept, and Table 2 three ways, of every
+participant, after exclusion, and of the attentive ones alone (the truth), with each
+one's distance from the truth, per layer (x method) (:func:`exclusion_report`; written to
+``simulation/exclusion.md``). A closing note gives the time of every stage and of the
+simulation's steps, the CPU, Table 2's main figures and the method test
+(:func:`closing_note`).
 """
 
 from __future__ import annotations
@@ -74,13 +94,14 @@ from common import data
 from common.data import imagenet_photos
 from common.files import atomic_write_text
 
-__all__ = ["Stage", "StageFailed", "DemoConfig", "run_stages", "demo_stages", "simulate",
-           "exclusion_report", "ExclusionReport", "DEFAULT_RULES", "main"]
+__all__ = ["Stage", "StageFailed", "DemoConfig", "DemoNetwork", "NETWORKS", "METHODS",
+           "run_stages", "demo_stages", "check_network", "simulate", "exclusion_report",
+           "ExclusionReport", "closing_note", "DEFAULT_RULES", "main"]
 
 log = logging.getLogger("experiment.demo")  # the same name under python -m
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("conv5", "fc6", "fc8")
+LAYERS = ("conv5", "fc6", "fc8")  # the demo network's rated layers (NETWORKS["demo"])
 ADMIN_USER = "admin"
 #: The demo's pre-registered exclusion rules.
 DEFAULT_RULES = ROOT / "experiment" / "exclusion_rules.toml"
@@ -190,6 +211,61 @@ def _write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=1))
 
 
+# -- the demo's networks and methods ---------------------------------------------------------
+
+#: The panel methods (docs/networks.md, "Panel methods"), in the order the design and
+#: Table 2 take them: PPGN, the paper's, first.
+METHODS = ("ppgn", "fourier", "natural")
+
+
+@dataclass(frozen=True)
+class DemoNetwork:
+    """A network the demo studies: how it is named and recorded, its rated layers and
+    what its AM stages need to know about them (this module never imports torch, so the
+    layers' sizes are written here)."""
+
+    name: str
+    title: str
+    reference: str  # the --network of generator.record, generator.ppgn and generator.am
+    table: str  # the activation table's file name in OUT
+    record_layers: tuple[str, ...]  # generator.record --layers (empty: its default)
+    layers: tuple[str, ...]  # rated, in the order of their AM stages (the logits first)
+    sizes: Mapping[str, int]  # units a layer has
+    conv: tuple[str, ...]  # the conv layers among them
+    # layers that get PPGN's conv schedule (1,000-step chains with resets, samples over
+    # the 0.98 threshold): generator.sampler.settings_for gives it to layers named conv*
+    # only; any other layer gets the fc schedule (each chain's last image, no threshold)
+    ppgn_conv: tuple[str, ...]
+    figure_layer: str  # the layer of the per-unit figures (jitter, classes, activations)
+    shares: Mapping[str, int]  # default % of a layer's units rated (drawn with the seed)
+    fourier_conv: tuple[str, ...] = ()  # generator.am --method fourier options, conv layers
+    out: Path = Path("out/demo")  # the default --out
+
+    def share(self, layer: str) -> int:
+        return self.shares.get(layer, 100)
+
+
+NETWORKS = {
+    "demo": DemoNetwork(
+        "demo", "the demo network", "demo", "digits.h5", (), ("fc8", "fc6", "conv5"),
+        {"fc8": 10, "fc6": 128, "conv5": 32}, ("conv5",), ("conv5",), "fc6", {"fc6": 50}),
+    # The digits ResNet, as a user's own model: a reference, layers by module name.
+    # Its conv layers are the outputs of residual stages, after their last ReLU (a hooked
+    # network has no pre-ReLU tap): Fourier images maximising the map's centre start
+    # with that position closed on many units and get no gradient (their panels stay at
+    # activation 0), so they maximise the channel's mean over the map (lucid's `channel`
+    # objective; the tile is then the whole image). PPGN's chains, pushed by the prior
+    # too, do not stall. Rated: every fc unit, half of layer2's 32 and a quarter of
+    # layer3's 64 (16 each), drawn with the seed: the full demo of three methods then
+    # takes about 20 minutes on 2 cores (README.md, "The demo study").
+    "resnet": DemoNetwork(
+        "resnet", "the digits ResNet", "generator.digits:trained_digits_resnet",
+        "resnet.h5", ("layer2", "layer3", "fc"), ("fc", "layer3", "layer2"),
+        {"fc": 10, "layer3": 64, "layer2": 32}, ("layer2", "layer3"), (), "layer3",
+        {"layer2": 50, "layer3": 25}, ("--objective", "mean"), Path("out/demo-resnet")),
+}
+
+
 # -- the demo's stages -----------------------------------------------------------------------
 
 @dataclass
@@ -197,14 +273,22 @@ class DemoConfig:
     """What the demo builds. The defaults are the full demo; tests shrink it."""
 
     out: Path = Path("out/demo")
+    network: str = "demo"  # a key of NETWORKS
+    methods: tuple[str, ...] = ("ppgn",)  # of METHODS, in its order
     units: str = "all"  # units per layer: "all" or the first K ("4")
     images_per_unit: int = 100  # a square: 100 = 10x10 panels
     fc_steps: int = 50  # sampler steps for fc6 and fc8 chains (the paper: 200 on CaffeNet)
     fc6_share: int = 50  # % of fc6's units rated, drawn with the seed (the paper: 2,048 of 4,096)
+    # % of a layer's units rated, drawn with the seed, over the network's defaults
+    # (DemoNetwork.shares; the demo's fc6: fc6_share)
+    shares: dict[str, int] = field(default_factory=dict)
     conv_steps: int = 1000  # conv5 chains (the paper's schedule: resets every 100)
     # conv5 runs chains until 100 samples pass PPGN's threshold; a unit stops short after
     # this many chain-steps (generator.ppgn's own default is 10x a unit's least, 10,000)
     conv_chain_steps: int = 4000
+    # Adam steps of a Fourier image: lucid's 512 take ~31 s a demo unit; at 64 the
+    # independent classifier still recognises the demo's fc8 images (docs/networks.md)
+    fourier_steps: int = 64
     lists: int = 10
     participants: int = 50
     photos: Path | None = None  # None: common.data.imagenet_photos(), else real digits
@@ -216,25 +300,49 @@ class DemoConfig:
     def instance(self) -> Path:
         return self.out / "instance"
 
+    @property
+    def net(self) -> DemoNetwork:
+        return NETWORKS[self.network]
+
+    @property
+    def table(self) -> Path:
+        return self.out / self.net.table
+
+    def share(self, layer: str) -> int:
+        """The % of ``layer``'s units rated."""
+        if layer in self.shares:
+            return self.shares[layer]
+        if self.network == "demo" and layer == "fc6":
+            return self.fc6_share
+        return self.net.share(layer)
+
+    def method_dir(self, method: str) -> Path:
+        """Where a method's panels go: PPGN's in ``am/`` (as before methods), the others'
+        in ``am/<method>/``."""
+        return self.out / "am" if method == "ppgn" else self.out / "am" / method
+
 
 def _py(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
 def demo_stages(cfg: DemoConfig) -> list[Stage]:
+    """The stages that build ``cfg``'s study, in order (see the module's docstring)."""
     out = cfg.out
-    table = out / "digits.h5"
+    net = cfg.net
+    table = cfg.table
     results = out / "selectivity.csv"
     figures = out / "figures"
-    am = out / "am"
     practice = out / "practice"
     catch = out / "catch"
     study = out / "study" / "study.json"
+    layers = ["--layers", *net.record_layers] if net.record_layers else []
+    unit = net.figure_layer
     stages = [
-        Stage("record", "record the demo network's activations over the digits",
-              [_py("-m", "generator.record", "--network", "demo", "--images", "digits",
-                   "--out", str(table))], [table], clean=[table, Path(f"{table}.parts")],
-              note="trains the network on first use"),
+        Stage("record", f"record {net.title}'s activations over the digits",
+              [_py("-m", "generator.record", "--network", net.reference, "--images", "digits",
+                   *layers, "--out", str(table))], [table],
+              clean=[table, Path(f"{table}.parts")], note="trains the network on first use"),
         Stage("selectivity", "every unit's selectivity",
               [_py("-m", "analysis.selectivity", str(table), "--out", str(results))],
               [results], [table]),
@@ -245,40 +353,21 @@ def demo_stages(cfg: DemoConfig) -> list[Stage]:
         Stage("figures", "the paper's figures", [
             _py("-m", "analysis.figures", "distributions", str(results), "--out", str(figures)),
             _py("-m", "analysis.figures", "ccmas2", str(results), "--out", str(figures)),
-            _py("-m", "analysis.figures", "jitter", str(table), "--layer", "fc6", "--unit", "0",
-                "--out", str(figures / "jitter_fc6_0")),
-            _py("-m", "analysis.figures", "classes", str(table), "--layer", "fc6", "--unit",
-                "0", "--out", str(figures / "classes_fc6_0")),
-            _py("-m", "analysis.figures", "activation-dist", str(table), "--layer", "fc6",
-                "--unit", "0", "--out", str(figures / "activations_fc6_0")),
+            _py("-m", "analysis.figures", "jitter", str(table), "--layer", unit, "--unit", "0",
+                "--out", str(figures / f"jitter_{unit}_0")),
+            _py("-m", "analysis.figures", "classes", str(table), "--layer", unit, "--unit",
+                "0", "--out", str(figures / f"classes_{unit}_0")),
+            _py("-m", "analysis.figures", "activation-dist", str(table), "--layer", unit,
+                "--unit", "0", "--out", str(figures / f"activations_{unit}_0")),
             _py("-m", "analysis.figures", "a4", "--out", str(figures)),
         ], [figures / "figA4_synthetic.png"], [results, table]),
     ]
-    units = cfg.units if cfg.units == "all" else f"0-{int(cfg.units) - 1}"
-    for layer in ("fc8", "fc6", "conv5"):
-        steps = cfg.fc_steps if layer.startswith("fc") else cfg.conv_steps
-        what = "every unit" if units == "all" else f"units {units}"
-        sample: list[str] = []
-        # conv5 keeps a chain's best images, so few chains a unit: batches of 16 give each
-        # CPU one (a batch of 64 would leave a core idle)
-        batch = (["--batch-chains", "16", "--max-chain-steps", str(cfg.conv_chain_steps)]
-                 if layer.startswith("conv") else [])
-        if layer == "fc6" and cfg.fc6_share < 100:
-            what = f"{cfg.fc6_share}% of the units (drawn)" + ("" if units == "all" else
-                                                               f" of units {units}")
-            sample = ["--sample", f"{cfg.fc6_share}%"]
-        stages.append(Stage(
-            f"panels-{layer}",
-            f"AM panels for {what} of {layer} ({cfg.images_per_unit} images each, "
-            f"{steps} steps)",
-            [_py("-m", "generator.ppgn", "--network", "demo", "--generator", "demo",
-                 "--layer", layer, "--units", units, *sample, *batch, "--images-per-unit",
-                 str(cfg.images_per_unit), "--steps", str(steps), "--seed", str(cfg.seed),
-                 "--out", str(am))],
-            [am / f"manifest_{layer}.csv"],
-            clean=[am / f"manifest_{layer}.csv", am / f"settings_{layer}.json",
-                   *am.glob(f"units/{layer}_*"), *am.glob(f"panels/{layer}_*")],
-            note="trains the generator on first use" if layer == "fc8" else ""))
+    first = True  # the first AM stage loads (and on first use trains) the demo's helpers
+    for method in cfg.methods:
+        for layer in net.layers:
+            stages.append(_am_stage(cfg, method, layer, first))
+            first = False
+    photos = cfg.photos if cfg.photos is not None else imagenet_photos()
     photos = cfg.photos if cfg.photos is not None else imagenet_photos()
     source = ["--photos", str(photos)] if photos is not None else ["--digits"]
     stages += [
@@ -289,9 +378,13 @@ def demo_stages(cfg: DemoConfig) -> list[Stage]:
               [practice / "practice.csv"], clean=[practice]),
     ]
     design_args: list[str] = []
-    design_inputs = [*(am / f"manifest_{layer}.csv" for layer in LAYERS),
+    # the manifests in the network's order (conv5, fc6, fc8), method by method
+    design_inputs = [*(cfg.method_dir(method) / f"manifest_{layer}.csv"
+                       for method in cfg.methods for layer in reversed(net.layers)),
                      practice / "practice.csv"]
     what = [f"{cfg.lists} lists", f"{cfg.participants} participants"]
+    if cfg.methods != ("ppgn",):
+        what.insert(0, "methods " + " x ".join(cfg.methods) + " balanced in every list")
     if cfg.catch:
         # a list takes ceil(K / 2) of a kind, each file once: make at least that many
         per_kind = max(4, math.ceil(cfg.catch / 2))
@@ -312,7 +405,8 @@ def demo_stages(cfg: DemoConfig) -> list[Stage]:
         what.append(f"the exclusion rules of {_shown(cfg.exclusion_rules)}")
     stages += [
         Stage("design", f"the study design ({', '.join(what)})",
-              [_py("-m", "experiment.design", "--panels", str(am / "manifest.csv"),
+              [_py("-m", "experiment.design", "--panels",
+                   *(str(cfg.method_dir(method) / "manifest.csv") for method in cfg.methods),
                    "--practice", str(practice / "practice.csv"), "--lists", str(cfg.lists),
                    "--participants", str(cfg.participants), *design_args,
                    "--seed", str(cfg.seed), "--out", str(study))],
@@ -324,6 +418,115 @@ def demo_stages(cfg: DemoConfig) -> list[Stage]:
               env={"FLASK_INSTANCE_PATH": str(cfg.instance.resolve())}),
     ]
     return stages
+
+
+def _am_stage(cfg: DemoConfig, method: str, layer: str, first: bool) -> Stage:
+    """The stage that draws ``method``'s panels of ``layer``'s rated units. PPGN's stages
+    (``panels-<layer>``, into ``am/``) run ``generator.ppgn`` with the same command as
+    before there were methods (so their caches stay valid); the others
+    (``panels-<layer>-<method>``, into ``am/<method>/``) run ``generator.am --method``.
+    Every method gets the same units: ``--units`` (the first K) and the layer's share,
+    drawn by ``--sample`` from the seed, (seed, layer, unit) deciding alone."""
+    net = cfg.net
+    folder = cfg.method_dir(method)
+    size = net.sizes[layer]
+    if cfg.units == "all":
+        units = "all"
+    else:
+        units = f"0-{min(int(cfg.units), size) - 1}"
+    what = "every unit" if units == "all" else f"units {units}"
+    sample: list[str] = []
+    share = cfg.share(layer)
+    if share < 100:
+        what = f"{share}% of the units (drawn)" + ("" if units == "all" else f" of units {units}")
+        sample = ["--sample", f"{share}%"]
+    conv = layer in net.conv
+    common = ["--layer", layer, "--units", units, *sample]
+    images = ["--images-per-unit", str(cfg.images_per_unit)]
+    stem = layer if method == "ppgn" else f"{method}_{layer}"
+    clean = [folder / f"manifest_{layer}.csv", folder / f"settings_{layer}.json",
+             *folder.glob(f"units/{stem}_*"), *folder.glob(f"panels/{stem}_*")]
+    if method == "ppgn":
+        steps = cfg.conv_steps if layer in net.ppgn_conv else cfg.fc_steps
+        # conv5 keeps a chain's best images, so few chains a unit: batches of 16 give each
+        # CPU one (a batch of 64 would leave a core idle)
+        batch = (["--batch-chains", "16", "--max-chain-steps", str(cfg.conv_chain_steps)]
+                 if layer in net.ppgn_conv else [])
+        return Stage(
+            f"panels-{layer}",
+            f"AM panels for {what} of {layer} ({cfg.images_per_unit} images each, "
+            f"{steps} steps)",
+            [_py("-m", "generator.ppgn", "--network", net.reference, "--generator", "demo",
+                 *common, *batch, *images, "--steps", str(steps), "--seed", str(cfg.seed),
+                 "--out", str(folder))],
+            [folder / f"manifest_{layer}.csv"], clean=clean,
+            note="trains the generator on first use" if first else "")
+    if method == "fourier":
+        options = ["--steps", str(cfg.fourier_steps), *(net.fourier_conv if conv else ())]
+        title = (f"Fourier panels for {what} of {layer} ({cfg.images_per_unit} images each, "
+                 f"{cfg.fourier_steps} steps)")
+    elif method == "natural":
+        options = ["--table", str(cfg.table)]
+        title = (f"natural-image panels for {what} of {layer} (the {cfg.images_per_unit} "
+                 "most activating digits each)")
+    else:
+        raise ValueError(f"unknown panel method {method!r}: expected one of "
+                         f"{', '.join(METHODS)}")
+    return Stage(
+        f"panels-{layer}-{method}", title,
+        [_py("-m", "generator.am", "--method", method, "--network", net.reference,
+             *common, *images, *options, "--seed", str(cfg.seed), "--out", str(folder))],
+        [folder / f"manifest_{layer}.csv"], [cfg.table] if method == "natural" else [],
+        # the demo network's fourier and natural panels of fc8 are judged by the demo's
+        # independent classifier too, which the first of them trains on first use
+        clean=clean, note="trains the independent classifier on first use"
+        if first and net.name == "demo" else "")
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``--methods``: a comma-separated subset of :data:`METHODS`, returned in its order
+    (PPGN, the paper's, first), each once."""
+    asked = [m.strip().lower() for m in text.split(",") if m.strip()]
+    unknown = [m for m in asked if m not in METHODS]
+    if unknown or not asked:
+        raise ValueError(f"--methods {text!r}: expected a comma-separated list of "
+                         f"{', '.join(METHODS)} (e.g. ppgn,fourier,natural)"
+                         + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    return tuple(m for m in METHODS if m in asked)
+
+
+def parse_share(text: str, net: DemoNetwork) -> tuple[str, int]:
+    """``--share LAYER=PERCENT``: a rated layer of ``net`` and a percentage, 1-100."""
+    layer, sep, value = text.partition("=")
+    if not sep or layer not in net.layers or not value.strip().isdigit() \
+            or not 1 <= int(value) <= 100:
+        raise ValueError(f"--share {text!r}: expected LAYER=PERCENT with LAYER one of "
+                         f"{net.title}'s rated layers ({', '.join(net.layers)}) and a "
+                         "percentage from 1 to 100, e.g. "
+                         f"{net.layers[1]}={net.share(net.layers[1])}")
+    return layer, int(value)
+
+
+def check_network(out: Path, network: str) -> None:
+    """Refuse to build ``network``'s study in a folder that holds another network's: their
+    stages share names and files (``selectivity.csv``, ``am/``, ``study/``, the store),
+    and one would overwrite the other. The folder's network is written to
+    ``.stages/network`` on first use (a folder with stamps but none is the demo network's:
+    every folder built before ``--network``)."""
+    marker = out / ".stages" / "network"
+    if marker.exists():
+        held = marker.read_text().strip()
+    elif (out / ".stages" / "record.json").exists():
+        held = "demo"
+    else:
+        held = None
+    if held is not None and held != network:
+        raise ValueError(f"{out} holds the study of --network {held}, not {network}: pass "
+                         f"--out with another folder (the default for {network}: "
+                         f"{NETWORKS[network].out}), or remove {out} first")
+    if held is None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(marker, network + "\n")
 
 
 def _shown(path: Path) -> str:
@@ -426,11 +629,15 @@ def banner(port: int, password: str) -> str:
 # -- simulated participants, export, Table 2 -------------------------------------------------
 
 def simulate(cfg: DemoConfig, participants: int, *, concurrency: int = 10,
-             port: int | None = None, out=None, inattentive: float = 0.2) -> Path:
+             port: int | None = None, out=None, inattentive: float = 0.2,
+             timings: dict[str, float] | None = None) -> Path:
     """Simulated participants on a fresh copy of the study, ``inattentive`` of them (a
     share) answering at random and fast; returns Table 2's Markdown (after exclusion).
-    Also writes ``simulation/exclusion.md`` (:func:`exclusion_report`)."""
+    Also writes ``simulation/exclusion.md`` (:func:`exclusion_report`). Table 2 takes each
+    panel's method from the study file (per layer x method where there are several).
+    ``timings``, where given, gets the seconds each step took, by its title."""
     out = out or sys.stdout
+    timings = {} if timings is None else timings
     sim = cfg.out / "simulation"
     _remove(sim)
     instance = sim / "instance"
@@ -440,7 +647,7 @@ def simulate(cfg: DemoConfig, participants: int, *, concurrency: int = 10,
          _py("-m", "server", "load-study", str(cfg.out / "study" / "study.json"),
              "--completion-code", "DEMO0000")),
     ]
-    _run_steps(steps, env, out)
+    timings.update(_run_steps(steps, env, out))
     # Every simulated participant comes from 127.0.0.1: no per-address entry limit here.
     (instance / "config.py").write_text("ENTRY_MAX_PER_ADDRESS = None\n")
     port = port or free_port()
@@ -448,31 +655,33 @@ def simulate(cfg: DemoConfig, participants: int, *, concurrency: int = 10,
     careless = round(inattentive * participants)
     print(f"serving it at http://127.0.0.1:{port} ...", file=out, flush=True)
     with gunicorn(instance, port, log_file=sim / "server.log"):
-        _run_steps([(f"{participants} simulated participants rate the panels: "
-                     f"{participants - careless} look with an independent classifier, "
-                     f"{careless} answer at random and fast",
-                     _py("-m", "experiment.simulate", "--url", f"http://127.0.0.1:{port}",
-                         "--participants", str(participants), "--concurrency",
-                         str(concurrency), "--think-ms", "0", "--seed", str(cfg.seed),
-                         "--inattentive", f"{inattentive:g}", "--truth", str(truth),
-                         "--rater", "generator.rater:demo_rater", "--check-store",
-                         f"sqlite:///{(instance / 'study.db').resolve()}",
-                         "--json", str(sim / "simulation.json")))], env, out)
+        timings.update(_run_steps([(
+            f"{participants} simulated participants rate the panels: "
+            f"{participants - careless} look with an independent classifier, "
+            f"{careless} answer at random and fast",
+            _py("-m", "experiment.simulate", "--url", f"http://127.0.0.1:{port}",
+                "--participants", str(participants), "--concurrency", str(concurrency),
+                "--think-ms", "0", "--seed", str(cfg.seed), "--inattentive",
+                f"{inattentive:g}", "--truth", str(truth), "--rater",
+                "generator.rater:demo_rater", "--check-store",
+                f"sqlite:///{(instance / 'study.db').resolve()}",
+                "--json", str(sim / "simulation.json")))], env, out))
     export = sim / "export"
     table2 = sim / "table2"
 
     def table2_command(responses: Path, folder: Path, *extra: str) -> list[str]:
         return _py(str(ROOT / "analysis" / "table2.py"), "--responses", str(responses),
                    "--participants", str(export / "participants.csv"), "--selectivity",
-                   str(cfg.out / "selectivity.csv"), "--classes", "digits",
-                   "--out", str(folder), *extra)
+                   str(cfg.out / "selectivity.csv"), "--classes", "digits", "--study",
+                   str(cfg.out / "study" / "study.json"), "--out", str(folder), *extra)
 
     # what these print goes to their logs: Table 2 is printed once, by the caller
-    _run_steps([("export the data", _py("-m", "server", "export", "--out", str(export)))],
-               env, out, log_dir=sim)
+    timings.update(_run_steps(
+        [("export the data", _py("-m", "server", "export", "--out", str(export)))],
+        env, out, log_dir=sim))
     attentive = attentive_responses(export / "responses.csv", truth,
                                     sim / "attentive" / "responses.csv")
-    _run_steps([
+    timings.update(_run_steps([
         ("Table 2", table2_command(export / "responses.csv", table2)),
         ("Table 2 of every participant",
          table2_command(export / "responses.csv", sim / "table2_all", "--keep-excluded",
@@ -480,7 +689,7 @@ def simulate(cfg: DemoConfig, participants: int, *, concurrency: int = 10,
         ("Table 2 of the attentive participants (the truth)",
          table2_command(attentive, sim / "table2_attentive", "--keep-excluded",
                         "--no-extras")),
-    ], env, out, log_dir=sim)
+    ], env, out, log_dir=sim))
     report = exclusion_report(export / "participants.csv", truth,
                               {"all": sim / "table2_all" / "table2.csv",
                                "after": table2 / "table2.csv",
@@ -489,6 +698,105 @@ def simulate(cfg: DemoConfig, participants: int, *, concurrency: int = 10,
                               seed=cfg.seed)
     atomic_write_text(sim / "exclusion.md", report.markdown())
     return table2 / "table2.md"
+
+
+# -- the closing note -------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; else the platform's word) and how many CPUs
+    this process may use: what the times in the closing note were measured on."""
+    import platform
+
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or "an unknown CPU"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}, {cpus} CPU(s) available"
+
+
+def stage_seconds(stages: Sequence[Stage], took: Mapping[str, float | None],
+                  state_dir: Path) -> list[tuple[Stage, float | None, bool]]:
+    """(stage, seconds, ran now) for each stage: the seconds of this run, or, for a stage
+    taken from the cache, those its stamp recorded when it was built (None: unknown)."""
+    rows = []
+    for stage in stages:
+        seconds = took.get(stage.name)
+        if seconds is not None:
+            rows.append((stage, seconds, True))
+            continue
+        stamp = state_dir / f"{stage.name}.json"
+        built = json.loads(stamp.read_text()).get("seconds") if stamp.exists() else None
+        rows.append((stage, built, False))
+    return rows
+
+
+def closing_note(cfg: DemoConfig, stages: Sequence[Stage], took: Mapping[str, float | None],
+                 simulation: Mapping[str, float] | None = None,
+                 table2_dir: Path | None = None, total: float | None = None) -> str:
+    """What a run of the demo did, in Markdown: the network and methods, the CPU, the time
+    of each stage (a stage taken from the cache: the time it took when it was built) and
+    of each step of the simulation; with ``table2_dir`` Table 2's main figures per layer
+    (x method) after exclusion, and the mixed model's test of the method effect (from
+    ``mixed_model.txt``, where the study has several methods); where the figures are."""
+    net = cfg.net
+    title = net.title[0].upper() + net.title[1:]
+    lines = ["# Closing note", "",
+             f"{title} (`--network {net.name}`: {net.reference}), panel methods "
+             f"{', '.join(cfg.methods)}; outputs in {_shown(cfg.out)}; measured on "
+             f"{cpu_model()}.", "",
+             "| stage | seconds |", "|---|---|"]
+    built = 0.0
+    for stage, seconds, ran in stage_seconds(stages, took, cfg.out / ".stages"):
+        shown = "–" if seconds is None else f"{seconds:.1f}"
+        lines.append(f"| {stage.name} | {shown}{'' if ran else ' (from the cache: when built)'} |")
+        built += seconds or 0.0
+    lines.append(f"| the stages in all | {built:.1f} |")
+    for title, seconds in (simulation or {}).items():
+        lines.append(f"| simulation: {title} | {seconds:.1f} |")
+    if total is not None:
+        lines.append(f"| this run, wall | {total:.1f} |")
+    lines.append("")
+    if table2_dir is not None and (table2_dir / "table2.csv").exists():
+        rows = _read_rows(table2_dir / "table2.csv")
+        lines += ["Table 2 after exclusion, main figures (all: "
+                  f"{_shown(table2_dir / 'table2.md')}):", "",
+                  "| layer | method | % yes (of judgments) | % units with ≥80% yes | units | "
+                  "judgments |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['layer']} | {r.get('method') or 'ppgn'} | "
+                         f"{_number(r.get('pct_yes')):.1f} | "
+                         f"{_number(r.get('pct_units_yes80')):.1f} | {r.get('n_units', '')} | "
+                         f"{r.get('n_judgments', '')} |")
+        lines.append("")
+        model = table2_dir / "mixed_model.txt"
+        test = _method_test_lines(model.read_text()) if model.exists() else []
+        if test:
+            lines += [f"The mixed model ({_shown(model)}):", "", "```", *test, "```", ""]
+    figures = sorted(p.name for p in (cfg.out / "figures").glob("*.png"))
+    if figures:
+        lines += [f"Figures in {_shown(cfg.out / 'figures')}: {', '.join(figures)}.", ""]
+    return "\n".join(lines)
+
+
+def _method_test_lines(text: str) -> list[str]:
+    """The lines of ``mixed_model.txt`` that test the method effect: "Method effect: ...",
+    its null and each method term's z (none in a study of one method)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Method effect:"):
+            block = [line]
+            for rest in lines[i + 1:]:
+                if not rest.startswith("  "):
+                    break
+                block.append(rest)
+            return block
+    return []
 
 
 # -- exclusion against the simulation's truth ------------------------------------------------
@@ -552,7 +860,8 @@ class ExclusionReport:
     "attentive") and ``verdict`` ("excluded", "kept"); ``unfinished`` those the rules did
     not judge (not completed), by group; ``fired[rule][group]``: how many of a group each
     rule excluded; ``tables[way][layer]``: Table 2's ``pct_yes`` and ``pct_units_yes80``
-    for ``way`` in :data:`WAYS`."""
+    for ``way`` in :data:`WAYS`, a row per layer, or per layer x method ("fc8 / fourier")
+    in a study of several methods: each compared with the truth on its own."""
 
     confusion: dict[str, dict[str, int]]
     unfinished: dict[str, int]
@@ -577,7 +886,8 @@ class ExclusionReport:
         return seen
 
     def distance(self, way: str, column: str = "pct_yes") -> float:
-        """Mean absolute difference from the truth over the layers, in percentage points."""
+        """Mean absolute difference from the truth over the layers (or layers x methods:
+        Table 2's rows), in percentage points."""
         diffs = [abs(self.tables[way][layer][column] - self.tables["truth"][layer][column])
                  for layer in self.layers
                  if layer in self.tables[way] and layer in self.tables["truth"]]
@@ -621,7 +931,8 @@ class ExclusionReport:
                   "Of every participant who finished, after exclusion (the rules' verdicts), "
                   "and of the attentive participants alone (the truth, whatever the rules "
                   "said). Distance from the truth: the mean absolute difference over the "
-                  "layers, in percentage points.", ""]
+                  + ("layers x methods (Table 2's rows)" if any(" / " in r for r in self.layers)
+                     else "layers") + ", in percentage points.", ""]
         for column, title in (("pct_yes", "% yes (of judgments)"),
                               ("pct_units_yes80", "% units with ≥80% yes")):
             lines += [f"| {title} | " + " | ".join(WAYS[w] for w in ways) + " |",
@@ -666,8 +977,8 @@ def exclusion_report(participants: Path, truth: Path, tables: Mapping[str, Path]
             for rule in filter(None, row.get("exclusion_reasons", "").split(";")):
                 fired.setdefault(rule, {}).setdefault(group, 0)
                 fired[rule][group] += 1
-    read = {way: {r["layer"]: {"pct_yes": _number(r.get("pct_yes")),
-                               "pct_units_yes80": _number(r.get("pct_units_yes80"))}
+    read = {way: {_row_name(r): {"pct_yes": _number(r.get("pct_yes")),
+                                 "pct_units_yes80": _number(r.get("pct_units_yes80"))}
                   for r in _read_rows(path)}
             for way, path in tables.items()}
     described: list[str] = []
@@ -679,12 +990,22 @@ def exclusion_report(participants: Path, truth: Path, tables: Mapping[str, Path]
                            _shown(rules) if rules is not None else "", inattentive, seed)
 
 
+def _row_name(row: Mapping[str, str]) -> str:
+    """A Table 2 row's name: its layer, and its method where the table has a ``method``
+    column (a study of several methods: one row per layer x method, "fc8 / fourier")."""
+    method = row.get("method") or ""
+    return f"{row['layer']} / {method}" if method else row["layer"]
+
+
 def _run_steps(steps: Iterable[tuple[str, list[str]]], env: Mapping[str, str], out, *,
-               log_dir: Path | None = None) -> None:
+               log_dir: Path | None = None) -> dict[str, float]:
     """Run each ``(title, command)``; with ``log_dir`` a command's stdout goes to
-    ``log_dir/<title>.log`` (its end is shown when it fails), else to the terminal."""
+    ``log_dir/<title>.log`` (its end is shown when it fails), else to the terminal.
+    Returns the seconds each took, by title."""
+    took: dict[str, float] = {}
     for title, cmd in steps:
         print(f"-- {title}", file=out, flush=True)
+        started = time.perf_counter()
         if log_dir is None:
             status = _run(cmd, env, None)
         else:
@@ -696,6 +1017,8 @@ def _run_steps(steps: Iterable[tuple[str, list[str]]], env: Mapping[str, str], o
                 print("\n".join(f"  | {line}" for line in tail), file=out, flush=True)
         if status != 0:
             raise RuntimeError(f"{title} failed (exit status {status}): {' '.join(cmd)}")
+        took[title] = time.perf_counter() - started
+    return took
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -707,16 +1030,36 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                     "trained on scikit-learn's digits): activations, selectivity, tables and "
                     "figures, AM panels for every conv5/fc6/fc8 unit, practice panels, the "
                     "design, the SQLite store; then serve it at 127.0.0.1, or let simulated "
-                    "participants take it and print Table 2. Every stage is cached.",
+                    "participants take it and print Table 2. Every stage is cached. "
+                    "--network resnet: the same study of a small ResNet (layer2, layer3, "
+                    "fc), through the generic path; --methods: panels by several methods, "
+                    "a condition of the study.",
         epilog="Reduced size (what tests/test_demo_study.py runs): --units 10 "
                "--images-per-unit 16 --fc-steps 30 --conv-steps 300 --lists 2 "
-               "--participants 10 --simulate 12. Outputs: OUT/digits.h5, selectivity.csv, "
-               "tables/, figures/, am/ (panels and manifest), practice/, catch/, "
+               "--participants 10 --simulate 12. Outputs: OUT/digits.h5 (resnet: "
+               "resnet.h5), selectivity.csv, tables/, figures/, am/ (PPGN's panels and "
+               "manifest; am/fourier/, am/natural/ the other methods'), practice/, catch/, "
                "study/study.json, instance/ (the SQLite store), simulation/ (with "
                "--simulate: export/, truth.csv, table2/ after exclusion, table2_all/, "
-               "table2_attentive/, exclusion.md), .stages/ (stamps and each stage's log).")
-    parser.add_argument("--out", type=Path, default=Path("out/demo"),
-                        help="output folder (default %(default)s)")
+               "table2_attentive/, exclusion.md, closing.md), .stages/ (stamps and each "
+               "stage's log). The ResNet's layers have no name the demo network's "
+               "options know: its shares are --share layer2=50 --share layer3=25 "
+               "(default), its conv layers' PPGN chains the fc schedule (--fc-steps: "
+               "generator.sampler gives PPGN's conv schedule to layers named conv* "
+               "only), its conv layers' Fourier images the channel-mean objective.")
+    parser.add_argument("--network", choices=sorted(NETWORKS), default="demo",
+                        help="demo (default): the demo's AlexNet-shaped network (conv5, fc6, "
+                             "fc8); resnet: a small ResNet on the digits "
+                             f"({NETWORKS['resnet'].reference}, trained on first use; "
+                             "layer2, layer3, fc), recorded by module name")
+    parser.add_argument("--methods", default="ppgn", metavar="LIST",
+                        help="panel methods, comma-separated, of "
+                             f"{','.join(METHODS)} (default %(default)s, the paper's); "
+                             "several: a panel of every rated unit by each, balanced in "
+                             "every list, Table 2 per layer x method")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: out/demo; out/demo-resnet with "
+                             "--network resnet)")
     parser.add_argument("--port", type=int, default=None,
                         help="port to serve on (default 5000; with --simulate a free one)")
     parser.add_argument("--simulate", type=int, metavar="N", default=None,
@@ -748,9 +1091,15 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                       help="units per layer: all (default) or the first K")
     size.add_argument("--images-per-unit", type=int, default=100,
                       help="AM images per panel, a square (default 100 = 10x10)")
-    size.add_argument("--fc6-share", type=int, default=50, metavar="PERCENT",
+    size.add_argument("--fc6-share", type=int, default=None, metavar="PERCENT",
                       help="share of fc6's units given panels, drawn with --seed (default "
-                           "%(default)s: the paper rated 2,048 of AlexNet's 4,096; 100: all)")
+                           "50: the paper rated 2,048 of AlexNet's 4,096; 100: all); the "
+                           "demo network's, as --share fc6=PERCENT")
+    size.add_argument("--share", action="append", default=[], metavar="LAYER=PERCENT",
+                      help="share of a layer's units given panels (by every method), drawn "
+                           "with --seed; repeat for several layers (default: fc6=50 for "
+                           "the demo network, layer2=50 and layer3=25 for the ResNet, all "
+                           "of the others)")
     size.add_argument("--fc-steps", type=int, default=50,
                       help="sampler steps for fc6 and fc8 chains (default %(default)s)")
     size.add_argument("--conv-steps", type=int, default=1000,
@@ -759,7 +1108,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                       help="conv5: chain-steps a unit may take to reach 100 samples over "
                            "PPGN's threshold before its panel ends short (default "
                            "%(default)s; generator.ppgn's own default is 10,000)")
-    size.add_argument("--lists", type=int, default=10, help="lists (default %(default)s)")
+    size.add_argument("--fourier-steps", type=int, default=64, metavar="N",
+                      help="--methods fourier: Adam steps of each image (default "
+                           "%(default)s; lucid's 512 take ~8x as long, and at 64 the "
+                           "independent classifier still recognises fc8's images)")
+    size.add_argument("--lists", type=int, default=10,
+                      help="lists (default %(default)s; at least one a method)")
     size.add_argument("--participants", type=int, default=50,
                       help="participant places over all lists (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
@@ -770,8 +1124,24 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
     if args.units != "all" and not (args.units.isdigit() and int(args.units) > 0):
         parser.error(f"--units: all or a positive number, got {args.units!r}")
-    if not 1 <= args.fc6_share <= 100:
-        parser.error(f"--fc6-share: a percentage from 1 to 100, got {args.fc6_share}")
+    net = NETWORKS[args.network]
+    try:
+        methods = parse_methods(args.methods)
+        shares = dict(parse_share(text, net) for text in args.share)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.fc6_share is not None:
+        if args.network != "demo":
+            parser.error(f"--fc6-share: {net.title} has no fc6; its shares: --share "
+                         + " --share ".join(f"{k}={v}" for k, v in net.shares.items()))
+        if not 1 <= args.fc6_share <= 100:
+            parser.error(f"--fc6-share: a percentage from 1 to 100, got {args.fc6_share}")
+    if args.lists < len(methods):
+        parser.error(f"--lists {args.lists}: with {len(methods)} methods a unit has "
+                     f"{len(methods)} panels and no list may hold two: pass --lists "
+                     f"{len(methods)} or more")
+    if args.fourier_steps < 1:
+        parser.error(f"--fourier-steps: at least 1, got {args.fourier_steps}")
     if args.photos is not None and not args.photos.is_dir():
         parser.error(f"--photos {args.photos}: no such folder")
     if args.simulate is not None and args.simulate < 1:
@@ -792,33 +1162,46 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     serve = not args.no_serve and args.simulate is None
     if serve and not port_is_free(port):
         parser.error(f"port {port} on 127.0.0.1 is in use: pass --port with a free one")
-    cfg = DemoConfig(out=args.out.resolve(), units=args.units, images_per_unit=args.images_per_unit,
-                     fc_steps=args.fc_steps, fc6_share=args.fc6_share,
-                     conv_steps=args.conv_steps, conv_chain_steps=args.conv_chain_steps,
-                     lists=args.lists,
-                     participants=args.participants,
+    out = (args.out or net.out).resolve()
+    cfg = DemoConfig(out=out, network=args.network, methods=methods, units=args.units,
+                     images_per_unit=args.images_per_unit, fc_steps=args.fc_steps,
+                     fc6_share=50 if args.fc6_share is None else args.fc6_share,
+                     shares=shares, conv_steps=args.conv_steps,
+                     conv_chain_steps=args.conv_chain_steps, fourier_steps=args.fourier_steps,
+                     lists=args.lists, participants=args.participants,
                      photos=args.photos.resolve() if args.photos else None,
                      catch=args.catch, exclusion_rules=rules, seed=args.seed)
-    started = time.perf_counter()
     try:
-        run_stages(demo_stages(cfg), cfg.out / ".stages")
+        check_network(cfg.out, cfg.network)
+    except ValueError as exc:
+        parser.error(str(exc))
+    started = time.perf_counter()
+    stages = demo_stages(cfg)
+    try:
+        took = run_stages(stages, cfg.out / ".stages")
     except StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"the study is ready in {time.perf_counter() - started:.1f} s: {cfg.out}",
           flush=True)
     if args.simulate is not None:
+        timings: dict[str, float] = {}
         try:
             table2 = simulate(cfg, args.simulate, concurrency=args.concurrency,
-                              port=args.port, inattentive=args.inattentive)
+                              port=args.port, inattentive=args.inattentive, timings=timings)
         except (RuntimeError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(f"\nTable 2 (simulated participants, the excluded left out; {table2}):\n")
+        per = " per layer x method" if len(cfg.methods) > 1 else ""
+        print(f"\nTable 2{per} (simulated participants, the excluded left out; {table2}):\n")
         print(table2.read_text())
         report = table2.parent.parent / "exclusion.md"
         print(f"\n{report}:\n")
         print(report.read_text())
+        note = closing_note(cfg, stages, took, timings, table2.parent,
+                            time.perf_counter() - started)
+        atomic_write_text(table2.parent.parent / "closing.md", note)
+        print(f"\n{note}")
         print(f"demo with simulation done in {time.perf_counter() - started:.1f} s")
         return 0
     if not serve:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,13 +27,17 @@ from system_deps import SHARED_PHOTOS
 from common.files import FILE_MODE
 from experiment.demo import (
     DEFAULT_RULES,
+    METHODS,
+    NETWORKS,
     DemoConfig,
     Stage,
     StageFailed,
+    check_network,
     demo_stages,
     exclusion_report,
     free_port,
     main,
+    parse_methods,
     participant_link,
     port_is_free,
     run_stages,
@@ -124,6 +129,149 @@ def test_the_demo_has_every_stage_of_the_pipeline(tmp_path):
     assert "catch" not in [s.name for s in bare]
     command = next(s for s in bare if s.name == "design").commands[0]
     assert "--catch" not in command and "--exclusion-rules" not in command
+
+
+def command_of(stages: list[Stage], name: str) -> list[str]:
+    """The one command of the stage ``name``."""
+    (stage,) = [s for s in stages if s.name == name]
+    (command,) = stage.commands
+    return command
+
+
+def option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_the_demo_network_with_every_method(tmp_path):
+    """PPGN's stages as before methods; each other method a stage a layer into its own
+    folder, for the same units (the same --units and --sample); the design deals all."""
+    stages = demo_stages(DemoConfig(out=tmp_path, methods=METHODS))
+    layers = ("fc8", "fc6", "conv5")
+    assert [s.name for s in stages] == [
+        "record", "selectivity", "tables", "figures",
+        *(f"panels-{layer}" for layer in layers),
+        *(f"panels-{layer}-fourier" for layer in layers),
+        *(f"panels-{layer}-natural" for layer in layers),
+        "practice", "catch", "design", "load"]
+    ppgn_only = demo_stages(DemoConfig(out=tmp_path))
+    for layer in layers:   # PPGN's commands (and so their caches) are those of ppgn alone
+        assert command_of(stages, f"panels-{layer}") == command_of(ppgn_only, f"panels-{layer}")
+    for method in ("fourier", "natural"):
+        fc6 = command_of(stages, f"panels-fc6-{method}")
+        assert fc6[1:6] == ["-m", "generator.am", "--method", method, "--network"]
+        assert option(fc6, "--network") == "demo" and option(fc6, "--sample") == "50%"
+        assert option(fc6, "--out") == str(tmp_path / "am" / method)
+    fourier = command_of(stages, "panels-conv5-fourier")
+    assert option(fourier, "--steps") == "64" and "--objective" not in fourier  # conv5:pre
+    natural = command_of(stages, "panels-conv5-natural")
+    assert option(natural, "--table") == str(tmp_path / "digits.h5")
+    design = command_of(stages, "design")
+    panels = design[design.index("--panels") + 1:design.index("--practice")]
+    assert panels == [str(tmp_path / "am" / "manifest.csv"),
+                      str(tmp_path / "am" / "fourier" / "manifest.csv"),
+                      str(tmp_path / "am" / "natural" / "manifest.csv")]
+    # a changed method's manifest designs the study again
+    assert tmp_path / "am" / "natural" / "manifest_conv5.csv" in \
+        next(s for s in stages if s.name == "design").inputs
+
+
+def test_the_resnet_demo_goes_through_the_generic_path(tmp_path):
+    """The ResNet by its reference and module names: recorded, visualised by each method,
+    its per-unit figures of layer3; its shares and conv options its own."""
+    reference = "generator.digits:trained_digits_resnet"
+    stages = demo_stages(DemoConfig(out=tmp_path, network="resnet", methods=METHODS))
+    layers = ("fc", "layer3", "layer2")
+    assert [s.name for s in stages] == [
+        "record", "selectivity", "tables", "figures",
+        *(f"panels-{layer}" for layer in layers),
+        *(f"panels-{layer}-{method}" for method in ("fourier", "natural")
+          for layer in layers),
+        "practice", "catch", "design", "load"]
+    record = command_of(stages, "record")
+    assert option(record, "--network") == reference
+    assert record[record.index("--layers") + 1:record.index("--out")] == \
+        ["layer2", "layer3", "fc"]
+    assert option(record, "--out") == str(tmp_path / "resnet.h5")
+    figures = next(s for s in stages if s.name == "figures").commands
+    assert all(option(c, "--layer") == "layer3" for c in figures if "--layer" in c)
+    for layer in layers:
+        for method in METHODS:
+            name = f"panels-{layer}" if method == "ppgn" else f"panels-{layer}-{method}"
+            command = command_of(stages, name)
+            assert option(command, "--network") == reference and \
+                option(command, "--layer") == layer
+            share = {"fc": None, "layer3": "25%", "layer2": "50%"}[layer]
+            assert (option(command, "--sample") if "--sample" in command else None) == share
+    ppgn = command_of(stages, "panels-layer2")
+    assert ppgn[1:3] == ["-m", "generator.ppgn"] and option(ppgn, "--generator") == "demo"
+    # PPGN's conv schedule is for layers named conv* (generator.sampler): the ResNet's
+    # conv layers get the fc one, with --fc-steps, and no conv5 options
+    assert option(ppgn, "--steps") == "50" and "--max-chain-steps" not in ppgn
+    # post-ReLU taps: Fourier images maximise a conv channel's mean, the fc logits as is
+    assert option(command_of(stages, "panels-layer3-fourier"), "--objective") == "mean"
+    assert "--objective" not in command_of(stages, "panels-fc-fourier")
+    assert option(command_of(stages, "panels-layer2-natural"), "--table") == \
+        str(tmp_path / "resnet.h5")
+    # --units K is each layer's first K, at most all of it (fc has 10)
+    small = demo_stages(DemoConfig(out=tmp_path, network="resnet", units="20"))
+    assert option(command_of(small, "panels-fc"), "--units") == "0-9"
+    assert option(command_of(small, "panels-layer2"), "--units") == "0-19"
+    shares = demo_stages(DemoConfig(out=tmp_path, network="resnet", shares={"layer3": 100}))
+    assert "--sample" not in command_of(shares, "panels-layer3")
+
+
+def test_methods_lists_and_shares_are_checked(tmp_path, capsys):
+    assert parse_methods("natural, PPGN,fourier,natural") == ("ppgn", "fourier", "natural")
+    with pytest.raises(ValueError, match="unknown: deepdream"):
+        parse_methods("ppgn,deepdream")
+    for argv, message in [
+        (["--methods", "ppgn,fourier,natural", "--lists", "2"], "pass --lists 3 or more"),
+        (["--network", "resnet", "--fc6-share", "20"], "--share layer2=50 --share layer3=25"),
+        (["--network", "resnet", "--share", "fc6=20"], "rated layers (fc, layer3, layer2)"),
+        (["--share", "fc6=0"], "a percentage from 1 to 100"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / "never"), "--no-serve", *argv])
+        assert message in capsys.readouterr().err, argv
+    assert not (tmp_path / "never").exists()
+
+
+def test_an_output_folder_holds_one_network(tmp_path, capsys):
+    check_network(tmp_path / "a", "resnet")
+    check_network(tmp_path / "a", "resnet")   # again: the same network
+    assert (tmp_path / "a" / ".stages" / "network").read_text() == "resnet\n"
+    with pytest.raises(ValueError, match="holds the study of --network resnet, not demo"):
+        check_network(tmp_path / "a", "demo")
+    # a folder built before --network is the demo network's
+    (tmp_path / "old" / ".stages").mkdir(parents=True)
+    (tmp_path / "old" / ".stages" / "record.json").write_text("{}")
+    with pytest.raises(ValueError, match="out/demo-resnet"):
+        check_network(tmp_path / "old", "resnet")
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "old"), "--network", "resnet", "--no-serve"])
+    assert "pass --out with another folder" in capsys.readouterr().err
+    assert NETWORKS["resnet"].out != NETWORKS["demo"].out
+
+
+def test_the_exclusion_report_compares_each_layer_x_method(tmp_path):
+    """Table 2 of several methods has a row per layer x method: each is held against the
+    truth on its own (two rows of one layer must not overwrite each other)."""
+    (tmp_path / "participants.csv").write_text(
+        "prolific_pid,status,excluded,exclusion_reasons\np1,completed,false,\n")
+    (tmp_path / "truth.csv").write_text("prolific_pid,inattentive\np1,false\n")
+    tables = {}
+    for way, fourier in (("all", 30.0), ("after", 20.0), ("truth", 10.0)):
+        tables[way] = tmp_path / f"table2_{way}.csv"
+        tables[way].write_text("layer,method,pct_yes,pct_units_yes80\n"
+                               "fc8,ppgn,90.0,80.0\n"
+                               f"fc8,fourier,{fourier},0.0\n")
+    report = exclusion_report(tmp_path / "participants.csv", tmp_path / "truth.csv", tables)
+    assert report.layers == ["fc8 / ppgn", "fc8 / fourier"]
+    assert report.distance("all") == pytest.approx(10.0)     # (0 + 20) / 2
+    assert report.distance("after") == pytest.approx(5.0)    # (0 + 10) / 2
+    text = report.markdown()
+    assert "| fc8 / fourier | 30.0 | 20.0 | 10.0 |" in text
+    assert "layers x methods (Table 2's rows)" in text
 
 
 # -- serving -------------------------------------------------------------------------------
@@ -332,6 +480,82 @@ def test_the_demo_end_to_end_at_reduced_size(tmp_path, capfd):
         again.send_signal(signal.SIGTERM)
         assert again.wait(30) == 0
     kept.close()
+
+
+#: The ResNet study of three methods at reduced size: 2 fc units, one of layer3 and one of
+#: layer2 (their shares of the first 2), 16 images a panel, few steps; 3 lists (one a method).
+RESNET_REDUCED = ["--network", "resnet", "--methods", "ppgn,fourier,natural", "--units", "2",
+                  "--images-per-unit", "16", "--fc-steps", "10", "--fourier-steps", "16",
+                  "--lists", "3", "--participants", "9"]
+
+
+@pytest.mark.slow
+def test_the_resnet_demo_of_three_methods_at_reduced_size(tmp_path, capfd):
+    """`--network resnet --methods ppgn,fourier,natural`: the ResNet recorded and
+    visualised by reference and module name, the design balancing layer x method, Table 2
+    and the closing note per layer x method (the ResNet trained once, cached in .cache/)."""
+    out = tmp_path / "resnet"
+    status = main(["--out", str(out), *RESNET_REDUCED, "--simulate", "12", "--concurrency",
+                   "4"])
+    printed = capfd.readouterr().out
+    assert status == 0, printed
+
+    # every stage ran the reference and the layer names (each log starts with its command)
+    reference = "--network generator.digits:trained_digits_resnet"
+    record = (out / ".stages" / "record.log").read_text().splitlines()[0]
+    assert reference in record and "--layers layer2 layer3 fc --out" in record
+    layers, methods = ("layer2", "layer3", "fc"), ("ppgn", "fourier", "natural")
+    for layer in layers:
+        for method in methods:
+            name = f"panels-{layer}" if method == "ppgn" else f"panels-{layer}-{method}"
+            command = (out / ".stages" / f"{name}.log").read_text().splitlines()[0]
+            assert reference in command and f"--layer {layer} " in command, command
+    assert (out / "tables" / "tables.md").read_text().count("| layer3 |") >= 2
+    assert (out / "figures" / "jitter_layer3_0.png").exists()
+
+    # the design: every unit's panel by every method, layer x method balanced over the
+    # lists, no list holding a unit twice
+    study = json.loads((out / "study" / "study.json").read_text())
+    panels = study["panels"]
+    cells = Counter((p["layer"], p["method"]) for p in panels.values())
+    assert cells == {(layer, method): {"fc": 2}.get(layer, 1)
+                     for layer in layers for method in methods}
+    units = {m: sorted((p["layer"], p["unit"]) for p in panels.values() if p["method"] == m)
+             for m in methods}
+    assert units["ppgn"] == units["fourier"] == units["natural"]
+    assert len(study["lists"]) == 3
+    per_list = [Counter((panels[p]["layer"], panels[p]["method"]) for p in lst["panels"])
+                for lst in study["lists"]]
+    for cell in cells:
+        counts = [c[cell] for c in per_list]
+        assert max(counts) - min(counts) <= 1, (cell, counts)
+    for lst in study["lists"]:
+        held = [(panels[p]["layer"], panels[p]["unit"]) for p in lst["panels"]]
+        assert len(held) == len(set(held)), lst
+
+    # Table 2 per layer x method (layers in the network's order), printed; the mixed
+    # model tests the method effect
+    rows = [(layer, method) for layer in layers for method in methods]
+    sim = out / "simulation"
+    for folder in ("table2", "table2_all"):
+        table = pd.read_csv(sim / folder / "table2.csv")
+        assert list(zip(table["layer"], table["method"], strict=True)) == rows, folder
+    assert "Table 2 per layer x method" in printed
+    assert "| layer | method | % yes (of judgments) |" in printed
+    assert "| fc | natural |" in printed
+    assert "Method effect: Wald test of the 2 method term(s)" in \
+        (sim / "table2" / "mixed_model.txt").read_text()
+    # the exclusion report holds each layer x method against the truth
+    assert "| layer2 / fourier |" in (sim / "exclusion.md").read_text()
+
+    # the closing note: every stage's time, the simulation's steps, the CPU, the figures
+    note = (sim / "closing.md").read_text()
+    assert note in printed
+    for name in ("record", "figures", "panels-layer2-natural", "design", "load"):
+        assert re.search(rf"^\| {name} \| \d+\.\d \|$", note, re.M), name
+    assert "| simulation: export the data |" in note and "measured on " in note
+    assert re.search(r"^\| layer3 \| fourier \| [\d.]+ \| [\d.]+ \| 1 \|", note, re.M), note
+    assert "Method effect: Wald test" in note and "fig2_distributions.png" in note
 
 
 def serve_demo(out: Path, port: int,
