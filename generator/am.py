@@ -114,7 +114,7 @@ def generate_fourier(net: nn.Module, preprocessing, layer: str, units: Sequence[
     """
     from tqdm.auto import tqdm
 
-    from .ppgn import target_for
+    from .ppgn import is_logits, target_for
 
     out = Path(out_dir)
     settings = settings or fourier.Settings()
@@ -126,6 +126,7 @@ def generate_fourier(net: nn.Module, preprocessing, layer: str, units: Sequence[
     if batch < 1:
         raise ValueError(f"--batch {batch}: expected at least 1")
     target = target_for(net, layer)
+    logits = is_logits(net, target)
     location = target.location if objective == "centre" else None
     shape = net.layer_shapes([target.tap])[target.tap]
     bad = [u for u in units if not 0 <= u < shape[0]]
@@ -201,7 +202,7 @@ def generate_fourier(net: nn.Module, preprocessing, layer: str, units: Sequence[
                 done.setdefault(result[0][0], []).append(result)
             for unit in [u for u, got in done.items() if len(got) == images_per_unit]:
                 _save_fourier(out, layer, unit, sorted(done.pop(unit), key=lambda r: r[0][1]),
-                              side, box, target.tap == output_tap, settings, seed)
+                              side, box, logits, settings, seed)
                 bar.update(1)
     if todo:
         seconds = time.perf_counter() - started
@@ -335,7 +336,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
     from . import digits
     from .loading import load_network
-    from .ppgn import parse_sample, parse_units, sample_units, target_for
+    from .ppgn import is_logits, parse_sample, parse_units, sample_units, target_for
 
     prog = prog or "python -m generator.am"
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -367,7 +368,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                 raise ValueError(f"{args.table} does not name its network: pass --network")
         net, spec, checksum = load_network(network_name, args.weights, device=device)
         independent = None
-        if network_name == "demo" and args.weights is None:
+        if (network_name == "demo" and args.weights is None) or \
+                tuple(net.input_shape) == (1, digits.DIGITS_SIZE, digits.DIGITS_SIZE):
+            # a network of the demo's digits (the demo's, or a reference such as its
+            # ResNet): the demo's independent classifier judges the images too
             independent = digits.trained_independent_network()[0].to(device).eval()
         if args.method == "natural":
             from analysis.activations import open_table
@@ -406,7 +410,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             manifest = natural.generate(
                 args.table, args.layer, units, args.out, network=net,
                 images_per_unit=args.images_per_unit, one_per_class=args.one_per_class,
-                independent=independent, output_tap=getattr(net, "output_tap", "fc8"),
+                independent=independent,
+                # natural compares the layer with the logits' tap: an fc layer as wide as
+                # the output (a referenced network's last Linear) is the logits too
+                output_tap=(args.layer if is_logits(net, target_for(net, args.layer))
+                            else getattr(net, "output_tap", "fc8")),
                 record=record, shard=shard, progress=not args.quiet, device=device)
     except (ValueError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

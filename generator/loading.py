@@ -391,7 +391,8 @@ def load_network(
     """The network ``name`` in eval mode with its weights; returns (model, spec, checksum).
 
     ``weights`` None: the demo network is trained or taken from the cache;
-    the others keep random weights (with a warning: fine for benchmarks only).
+    the others keep random weights (with a warning: fine for benchmarks only), but for a
+    referenced model that loads its own and says so by a ``weights_sha256`` attribute.
     ``preprocess``: see :func:`build_network` (referenced networks only).
     """
     if name == "demo" and weights is None:
@@ -399,7 +400,11 @@ def load_network(
         model, checksum = digits.trained_demo_network()
     else:
         model, spec = build_network(name, preprocess)
-        if weights is None:
+        own = getattr(getattr(model, "model", None), "weights_sha256", None)
+        if weights is None and own:
+            # a callable that loads its own weights says which (e.g. the demo's ResNet)
+            checksum = str(own)
+        elif weights is None:
             log.warning("%s: no weights given, using random weights", name)
             checksum = "random"
         elif isinstance(model, HookedNet):

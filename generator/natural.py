@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import sys
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -134,11 +135,24 @@ def to_pixels(x: torch.Tensor, preprocessing: Preprocessing) -> np.ndarray:
     return pixels.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
+_FIELDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _field(model: nn.Module, tap: str, location: tuple[int, int]) -> tuple[int, int, int, int]:
+    """:func:`generator.panels.unclipped_field`, once per model, tap and location (a
+    referenced network's is measured by gradients: one measure serves every image whose
+    maximum is there; forgotten with the model)."""
+    known = _FIELDS.setdefault(model, {})
+    if (tap, location) not in known:
+        known[tap, location] = unclipped_field(model, tap, location)
+    return known[tap, location]
+
+
 def tile_window(model: nn.Module, tap: str, location: tuple[int, int],
                 size: tuple[int, int]) -> tuple[int, int, int, int]:
     """A ``size`` (h, w) window of the input centred on the receptive field of ``tap`` at
     ``location``, moved inside the input where it would cross the border."""
-    top, left, bottom, right = unclipped_field(model, tap, location)
+    top, left, bottom, right = _field(model, tap, tuple(location))
     _, height, width = model.input_shape
     h, w = size
     y = math.floor((top + bottom - h) / 2 + 0.5)
