@@ -3,6 +3,7 @@ output of the project; checksums of files; the project's cache folder."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -11,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["FILE_MODE", "atomic_path", "atomic_write_bytes", "atomic_write_text", "cache_dir",
-           "sha256_file", "fsync_dir"]
+           "sha256_file", "fsync_dir", "file_lock"]
 
 #: The mode of every file the project writes, before the umask: what ``open(path, "w")``
 #: gives (0644 under the usual umask 022), not mkstemp's private 0600.
@@ -92,3 +93,19 @@ def fsync_dir(path: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (created, with its folder, if missing)
+    for the block: processes that make the same cached file take turns, and the second
+    finds the first one's file instead of making it again. POSIX ``flock``: released when
+    the block ends or the process dies."""
+    lock = Path(f"{os.fspath(path)}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # closing releases the lock

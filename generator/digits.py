@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from common.files import atomic_write_bytes, atomic_write_text, cache_dir
+from common.files import atomic_write_bytes, atomic_write_text, cache_dir, file_lock
 
 from .digits_resnet import DigitsResNet
 from .networks import Preprocessing, TappedNet, WeightsError, load_state, taps_for
@@ -501,6 +501,12 @@ def _trained(variant: str, seed: int | None, root: str | os.PathLike | None) -> 
     spec = _variant(variant)
     seed = spec.seed if seed is None else int(seed)
     path = cached_weights_path(variant, seed, root)
+    with file_lock(path):   # another process training the same network: wait, then load
+        return _trained_locked(spec, variant, seed, path)
+
+
+def _trained_locked(spec: _Variant, variant: str, seed: int, path: Path
+                    ) -> tuple[TappedNet, str]:
     if path.exists():
         try:
             # a cache trained with another thread count is another network: train again

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.files import cache_dir
+from common.files import cache_dir, file_lock
 
 from . import digits
 from .digits import DIGITS_MEAN, DIGITS_SIZE, DIGITS_STD, SPLIT_SEED, load_digits_tensors
@@ -71,6 +71,7 @@ __all__ = [
     "evaluate_am",
     "cached_generator_path",
     "trained_demo_generator",
+    "warm_cache",
 ]
 
 log = logging.getLogger(__name__)
@@ -497,6 +498,12 @@ def trained_demo_generator(seed: int = 0, cache_dir: str | os.PathLike | None = 
     """
     path = cached_generator_path(seed, cache_dir)
     network, network_sha = network or digits.trained_demo_network(cache_dir=cache_dir)
+    with file_lock(path):   # another process training it: wait, then load its file
+        return _trained_generator(seed, cache_dir, path, network, network_sha)
+
+
+def _trained_generator(seed: int, cache_dir: str | os.PathLike | None, path: Path,
+                       network: TappedNet, network_sha: str) -> tuple[DemoGenerator, str]:
     if path.exists():
         try:
             model, checksum = _load_cached(path, network_sha)
@@ -513,3 +520,17 @@ def trained_demo_generator(seed: int = 0, cache_dir: str | os.PathLike | None = 
     metrics["network_sha256"] = network_sha
     metrics["trained_on"] = digits.training_environment(metrics.get("threads"))
     return model.eval(), digits.save_cached(path, model, metrics)
+
+
+def warm_cache(cache_dir: str | os.PathLike | None = None, *, rater_seeds=(2, 3)) -> None:
+    """Train (or find cached) every network the demo and the tests use: the demo network,
+    the independent classifier (and its other seeds, ``rater_seeds``, which the rater's
+    tests use), the demo generator and the digits ResNet. Each under its file lock, so a
+    process that asks for one meanwhile waits for it instead of training it again
+    (``tests/conftest.py`` runs this in the background while the first tests run)."""
+    digits.trained_demo_network(cache_dir=cache_dir)
+    digits.trained_independent_network(cache_dir=cache_dir)
+    trained_demo_generator(cache_dir=cache_dir)
+    digits.trained_digits_resnet(cache_dir=cache_dir)
+    for seed in rater_seeds:
+        digits.trained_independent_network(seed, cache_dir=cache_dir)

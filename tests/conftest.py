@@ -2,6 +2,8 @@
 temporary worlds (a small design, a fresh SQLite or PostgreSQL store, an app); strict mode
 (tests/system_deps.py: under CI=true a missing chromium, WordNet or PostgreSQL fails)."""
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +18,31 @@ from system_deps import SHARED_PHOTOS, require  # noqa: E402
 pytest_plugins = ("system_deps",)
 
 SAMPLES = SHARED_PHOTOS
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_network_cache():
+    """The demo's networks (generator.digits_generator.warm_cache) train in a background
+    process while the first tests run: most tests use one core, training uses one
+    thread, so on a fresh checkout the second core trains what later tests load. A test
+    that needs a network still being trained waits on its file lock. Off with
+    SELECTIVITY_WARM_CACHE=0 (and in pytest runs started by a test, which inherit it)."""
+    if os.environ.get("SELECTIVITY_WARM_CACHE", "1") == "0":
+        yield
+        return
+    os.environ["SELECTIVITY_WARM_CACHE"] = "0"
+    warm = subprocess.Popen(
+        [sys.executable, "-c",
+         "from generator.digits_generator import warm_cache; warm_cache()"],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        if warm.poll() is None:   # a short run: what it was training is not kept
+            warm.terminate()
+        warm.wait()
+        del os.environ["SELECTIVITY_WARM_CACHE"]
 
 
 @pytest.fixture(autouse=True)

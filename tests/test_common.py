@@ -88,3 +88,31 @@ def test_a_quota_below_the_mask_limits_the_cpus(monkeypatch):
     monkeypatch.delenv("SELECTIVITY_CPUS", raising=False)
     monkeypatch.setattr(cpus, "_cgroup_quota", lambda: 0.5)
     assert cpus.available_cpus() == 1  # half a CPU still runs one thread
+
+
+def test_file_lock_makes_a_second_process_wait_for_the_first(tmp_path):
+    """Two processes making one cached file take turns: the second finds the first's."""
+    import time
+
+    from common.files import file_lock
+
+    target = tmp_path / "cache" / "net.pt"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from common.files import file_lock\n"
+        f"target = Path({str(target)!r})\n"
+        "with file_lock(target):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(1.0)\n"
+        "    target.write_text('made by the first')\n")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    started = time.monotonic()
+    with file_lock(target):
+        waited = time.monotonic() - started
+        assert target.read_text() == "made by the first"   # made while we waited
+    assert waited > 0.3
+    holder.wait(10)
+    with file_lock(target):                                  # free again: no wait
+        pass
