@@ -50,6 +50,7 @@ from .panels import receptive_field
 from .threads import available_cpus, torch_threads, use_available_cpus, worker_pool
 from .unit_files import (
     METHODS,
+    add_unit_options,
     check_settings,
     recognition_lines,
     save_unit,
@@ -270,13 +271,7 @@ def _common(parser: argparse.ArgumentParser, method: str) -> None:
                             " (default: the network the table was recorded with)"
                             if method == "natural" else ""))
     parser.add_argument("--weights", help="the network's weights (.caffemodel or .pth)")
-    parser.add_argument("--layer", required=True, help="e.g. conv5, fc6, fc8")
-    parser.add_argument("--units", default="all", help="e.g. 0-255, 3,7,9 or all (default)")
-    parser.add_argument("--sample", metavar="K|P%",
-                        help="only K (or P%%) of the units that --units selects, drawn at "
-                             "random (reproducibly from --seed)")
-    parser.add_argument("--images-per-unit", type=int, default=100)
-    parser.add_argument("--out", required=True, help="output folder (panels, units, manifest)")
+    add_unit_options(parser, "e.g. conv5, fc6, fc8")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the images (fourier) and --sample's draw (default 0)")
     parser.add_argument("--shard", help="I/N: every N-th unit from the I-th")

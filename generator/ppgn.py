@@ -56,6 +56,7 @@ from .sampler import Sample, Sampler, Settings, Target, settings_for
 from .threads import available_cpus, torch_threads, use_available_cpus, worker_pool
 from .unit_files import (
     MANIFEST_COLUMNS,
+    add_unit_options,
     check_settings,
     layer_summary,
     recognition_lines,
@@ -618,13 +619,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--weights", help="the network's weights (.caffemodel or .pth)")
     parser.add_argument("--generator", required=True,
                         help="DeePSiM fc6 generator weights (.caffemodel or .pth), or demo")
-    parser.add_argument("--layer", required=True, help="conv5, fc6 or fc8")
-    parser.add_argument("--units", default="all", help="e.g. 0-255, 3,7,9 or all (default)")
-    parser.add_argument("--sample", metavar="K|P%",
-                        help="only K (or P%%, rounded) of the units that --units selects, "
-                             "drawn at random (reproducibly from --seed; fewer draw a subset)")
-    parser.add_argument("--images-per-unit", type=int, default=100)
-    parser.add_argument("--out", required=True, help="output folder (panels, units, manifest)")
+    add_unit_options(parser, "conv5, fc6 or fc8")
     parser.add_argument("--batch-chains", type=int, default=64,
                         help="chains run together (several units share a batch; the images "
                              "depend on it; default 64)")

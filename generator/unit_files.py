@@ -26,7 +26,8 @@ from common.files import atomic_path, atomic_write_text
 from .panels import grid, save_jpeg
 
 __all__ = ["METHODS", "MANIFEST_COLUMNS", "unit_stem", "save_unit", "check_settings",
-           "write_manifest", "layer_summary", "combine_manifests", "recognition_lines"]
+           "write_manifest", "layer_summary", "combine_manifests", "recognition_lines",
+           "add_unit_options"]
 
 #: The panel methods (``python -m generator.am --method``).
 METHODS = ("ppgn", "fourier", "natural")
@@ -144,3 +145,16 @@ def recognition_lines(rows: list[dict]) -> list[str]:
         if values:
             lines.append(f"  images {label}: {100 * sum(values) / len(values):.1f}%")
     return lines
+
+
+def add_unit_options(parser, layer_help: str) -> None:
+    """The options every panel method's command line shares: which layer and units
+    (``--layer``, ``--units``, ``--sample``), how many images a panel (``--images-per-unit``)
+    and where its files go (``--out``)."""
+    parser.add_argument("--layer", required=True, help=layer_help)
+    parser.add_argument("--units", default="all", help="e.g. 0-255, 3,7,9 or all (default)")
+    parser.add_argument("--sample", metavar="K|P%",
+                        help="only K (or P%%, rounded) of the units that --units selects, "
+                             "drawn at random (reproducibly from --seed; fewer draw a subset)")
+    parser.add_argument("--images-per-unit", type=int, default=100)
+    parser.add_argument("--out", required=True, help="output folder (panels, units, manifest)")
